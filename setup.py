@@ -1,0 +1,34 @@
+"""Packaging for uis_d2. detectron2 itself is installed by scripts/setup.sh (see README)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="uis_d2",
+    version="0.1.0",
+    description="Unsupervised, class-agnostic instance segmentation on detectron2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=("uis_d2", "uis_d2.*")),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "detectron2",
+        "timm>=0.9",
+        "safetensors",
+        "pycocotools>=2.0.6",
+        "scikit-learn>=1.2",
+        "scipy>=1.10",
+        "fvcore",
+        "opencv-python-headless>=4.7",
+        "numpy>=1.23",
+        "Pillow>=9",
+        "tqdm",
+        "matplotlib>=3.6",
+    ],
+    extras_require={
+        "fast-eval": ["faster-coco-eval>=1.6"],
+        "test": ["pytest>=7", "pytest-xdist", "hypothesis>=6", "ruff"],
+    },
+)

@@ -1,0 +1,222 @@
+"""Project config keys, added to a detectron2 config the way detectron2's ``projects/`` do.
+
+Every key carries a comment saying what it controls and where its default comes from:
+(paper) = printed in Engstler et al. 2023 or FreeSOLO, (ref) = the public reference code,
+(open) = our own choice, documented in the README.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_solov2_config(cfg: CN) -> None:
+    """SOLOv2 meta-architecture and FreeSOLO loss keys under ``MODEL.SOLOV2``."""
+    _C = cfg
+    _C.MODEL.SOLOV2 = CN()
+    s = _C.MODEL.SOLOV2
+    # Foreground classes; 1 = class-agnostic, as in every unsupervised setting (paper).
+    s.NUM_CLASSES = 1
+    # FPN levels the instance branch reads, finest first (ref).
+    s.INSTANCE_IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # Effective stride of each instance level after p2 is halved and p6 resized to p5 (ref).
+    s.FPN_INSTANCE_STRIDES = [8, 8, 16, 32, 32]
+    # Inclusive ranges of sqrt(box area) assigned to each level; neighbours overlap (ref).
+    s.FPN_SCALE_RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
+    # S x S grid size per level (ref).
+    s.NUM_GRIDS = [40, 36, 24, 16, 12]
+    # Centre region: fraction of the half box around the centre of mass marked positive (ref).
+    s.SIGMA = 0.2
+    # Channels entering the instance branch (= FPN output channels) (ref).
+    s.INSTANCE_IN_CHANNELS = 256
+    # Width of the category and kernel towers (ref).
+    s.INSTANCE_CHANNELS = 512
+    # Number of 3x3 convs in each tower (ref).
+    s.NUM_INSTANCE_CONVS = 4
+    # Output size of a dynamic 1x1 kernel = number of mask-feature channels (ref).
+    s.NUM_KERNELS = 256
+    # Add normalised (x, y) coordinate channels to the kernel branch input (ref).
+    s.USE_COORD_CONV = True
+    # Focal-loss prior for the category branch bias (ref).
+    s.PRIOR_PROB = 0.01
+    # Normalisation in the heads: "GN" or "" (none) (ref).
+    s.NORM = "GN"
+    # FPN levels merged by the mask-feature branch (ref).
+    s.MASK_IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # Channels entering the mask-feature branch (ref).
+    s.MASK_IN_CHANNELS = 256
+    # Width of the mask-feature branch before the final 1x1 conv (ref).
+    s.MASK_CHANNELS = 128
+    # Output channels of the mask-feature branch; must equal NUM_KERNELS (ref).
+    s.NUM_MASKS = 256
+    # Dimension of the semantic-embedding head; 0 reads it from the training json's `emb` (open).
+    s.EMBED_DIM = 0
+
+    # --- inference (ref) ---
+    # Keep category scores above this before mask decoding.
+    s.SCORE_THR = 0.1
+    # Binarisation threshold of the soft masks.
+    s.MASK_THR = 0.5
+    # Candidates entering Matrix NMS (top by score).
+    s.NMS_PRE = 500
+    # Scores below this after Matrix NMS are dropped.
+    s.UPDATE_THR = 0.05
+    # Detections kept per image (the COCO protocol's maximum).
+    s.MAX_PER_IMG = 100
+    # Matrix NMS decay: "gaussian" or "linear".
+    s.NMS_KERNEL = "gaussian"
+    # Gaussian decay sigma of Matrix NMS.
+    s.NMS_SIGMA = 2.0
+
+    # --- losses ---
+    s.LOSS = CN()
+    # "weak" = FreeSOLO's weak losses (projection Dice + pairwise), "supervised" = full-mask Dice.
+    s.LOSS.MODE = "weak"
+    # Focal loss on the category grid: alpha, gamma and weight (ref).
+    s.LOSS.FOCAL_ALPHA = 0.25
+    s.LOSS.FOCAL_GAMMA = 2.0
+    s.LOSS.FOCAL_WEIGHT = 1.0
+    # Weight of the full-mask Dice loss in supervised mode (ref: 3.0).
+    s.LOSS.DICE_WEIGHT = 3.0
+    # Weight of the average-projection Dice term, alpha in FreeSOLO eq. 7 (paper: 0.1).
+    s.LOSS.AVG_PROJ_WEIGHT = 0.1
+    # Weight of the max-projection Dice term (paper: 1.0).
+    s.LOSS.MAX_PROJ_WEIGHT = 1.0
+    # Weight of the BoxInst pairwise colour-affinity term (paper: 1.0).
+    s.LOSS.PAIRWISE_WEIGHT = 1.0
+    # Neighbourhood kernel size and dilation of the pairwise term (ref: 3, 2).
+    s.LOSS.PAIRWISE_SIZE = 3
+    s.LOSS.PAIRWISE_DILATION = 2
+    # Pairs whose CIELab similarity is below this are ignored (ref: 0.3).
+    s.LOSS.PAIRWISE_COLOR_THRESH = 0.3
+    # Iterations over which the pairwise weight ramps linearly from 0 to 1 (ref FreeSOLO: 1000).
+    s.LOSS.PAIRWISE_WARMUP_ITERS = 1000
+    # Weight beta of the semantic-embedding loss (paper: 4.0); 0 disables it.
+    s.LOSS.SEM_WEIGHT = 4.0
+
+
+def add_freeze_config(cfg: CN) -> None:
+    """Which parts of the model are frozen (the paper freezes the backbone)."""
+    cfg.MODEL.FREEZE = CN()
+    # Freeze the whole ResNet bottom-up backbone (paper: True).
+    cfg.MODEL.FREEZE.BACKBONE = True
+    # Also freeze the FPN lateral and output convs (open: False).
+    cfg.MODEL.FREEZE.FPN = False
+
+
+def add_input_config(cfg: CN) -> None:
+    """Pseudo-mask filtering and copy-paste augmentation in the dataset mapper."""
+    cfg.INPUT.PSEUDO_MASKS = CN()
+    # Pseudo-masks with a `score` below this are dropped when loaded (open: keep all).
+    cfg.INPUT.PSEUDO_MASKS.MIN_SCORE = 0.0
+    # Pseudo-masks with fewer pixels than this are dropped when loaded (open).
+    cfg.INPUT.PSEUDO_MASKS.MIN_AREA = 16
+
+    cfg.INPUT.COPY_PASTE = CN()
+    # Paste instances of another training image into the current one (paper, A.2.1).
+    cfg.INPUT.COPY_PASTE.ENABLED = True
+    # Probability that an image receives pasted instances (open).
+    cfg.INPUT.COPY_PASTE.PROB = 0.5
+    # Maximum number of instances pasted into one image (open).
+    cfg.INPUT.COPY_PASTE.MAX_INSTANCES = 5
+    # Pasted instances are rescaled by a factor drawn uniformly from this range (ref CutLER).
+    cfg.INPUT.COPY_PASTE.SCALE_RANGE = [0.3, 1.0]
+    # Maximum random shift of a pasted instance, as a fraction of the image size (open).
+    cfg.INPUT.COPY_PASTE.MAX_SHIFT = 0.5
+    # A pasted mask covering at least this fraction of an existing mask is dropped (ref: 0.5).
+    cfg.INPUT.COPY_PASTE.OCCLUSION_THRESH = 0.5
+
+    # What to do with an unreadable or corrupt image: "skip" (warn and count) or "fail" (open).
+    cfg.INPUT.BAD_IMAGE_POLICY = "skip"
+
+
+def add_extractor_config(node: CN, name: str, arch: str) -> None:
+    """Keys of one dense feature extractor (used for instance and saliency features)."""
+    # Registered extractor: "TimmViTKeys", "ResNetDense" or the weight-free "PatchStats".
+    node.NAME = name
+    # timm model name (ViT) or torchvision ResNet name (ResNetDense).
+    node.ARCH = arch
+    # Local checkpoint file; "" = random weights (only sensible for tests and benchmarks).
+    node.CHECKPOINT = ""
+    # Checkpoint layout: "auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm".
+    node.CHECKPOINT_FORMAT = "auto"
+    # ResNet stage whose map is used: "res4" or "res5" (ref FreeSOLO: res5).
+    node.RESNET_STAGE = "res5"
+    # Patch size of the weight-free extractor, in pixels.
+    node.PATCH_SIZE = 16
+
+
+def add_proposals_config(cfg: CN) -> None:
+    """Offline pseudo-mask generation (tools/generate_proposals.py)."""
+    cfg.PROPOSALS = CN()
+    p = cfg.PROPOSALS
+    # Registered generator: "SpectralProposalGenerator" (paper) or "FreeMaskGenerator" (FreeSOLO).
+    p.GENERATOR = "SpectralProposalGenerator"
+    # Images per forward pass (open).
+    p.BATCH_SIZE = 8
+    # DataLoader workers decoding images (open).
+    p.NUM_WORKERS = 2
+    # Images are resized so the short side is this many pixels, then cropped to the patch grid
+    # (open; CutLER uses 480). 0 keeps the original size.
+    p.SHORT_SIDE = 480
+    # Upper bound on the long side after resizing, so huge images keep memory bounded (open).
+    p.MAX_SIDE = 800
+    # Seed of every random choice (k-means initialisation) (open).
+    p.SEED = 0
+
+    p.EXTRACTOR = CN()
+    # Instance features: MAE ViT-B/16 keys (paper).
+    add_extractor_config(p.EXTRACTOR, "TimmViTKeys", "vit_base_patch16_224")
+
+    p.SPECTRAL = CN()
+    # Every k of k-way spectral clustering; 2+3+4+5 = 14 masks per image (paper).
+    p.SPECTRAL.K = [2, 3, 4, 5]
+    # k-means restarts and iterations on the eigenvector rows (open).
+    p.SPECTRAL.KMEANS_RESTARTS = 8
+    p.SPECTRAL.KMEANS_ITERS = 50
+    # Connected components smaller than this many patches are discarded when splitting (open).
+    p.SPECTRAL.MIN_COMPONENT_PATCHES = 2
+
+    p.SALIENCY = CN()
+    # Filter candidates with a saliency map (paper; Table 5: 0.6 AP without, 4.5 with DINO).
+    p.SALIENCY.ENABLED = True
+    # Saliency = k-way clustering of these features, foreground = cluster touching the border less.
+    p.SALIENCY.K = 2
+    # A candidate is kept when |mask & saliency| / |mask| >= this (paper: 0.5).
+    p.SALIENCY.OVERLAP_THRESH = 0.5
+    p.SALIENCY.EXTRACTOR = CN()
+    # Saliency features: DINO ViT-B/16 keys (paper).
+    add_extractor_config(p.SALIENCY.EXTRACTOR, "TimmViTKeys", "vit_base_patch16_224")
+
+    # Mask NMS IoU threshold removing duplicate proposals (paper: 0.8).
+    p.NMS_THRESH = 0.8
+
+    p.FREE_MASK = CN()
+    # Scales of the query pyramid (paper: 1.0, 0.5, 0.25).
+    p.FREE_MASK.QUERY_SCALES = [1.0, 0.5, 0.25]
+    # Threshold on the min-max normalised cosine map (paper: 0.5).
+    p.FREE_MASK.MASK_THRESH = 0.5
+    # Masks with maskness below this are dropped after Matrix NMS (paper: 0.7).
+    p.FREE_MASK.MASKNESS_THRESH = 0.7
+    # Masks kept per image (ref: 20).
+    p.FREE_MASK.MAX_MASKS = 20
+
+
+def add_self_training_config(cfg: CN) -> None:
+    """FreeSOLO-style self-training rounds."""
+    cfg.SELF_TRAINING = CN()
+    # Training rounds; round r > 1 trains from MODEL.WEIGHTS on round r-1's predictions (paper: 2).
+    cfg.SELF_TRAINING.ROUNDS = 1
+    # Predictions scoring at least this become the next round's pseudo-labels (paper: 0.3).
+    cfg.SELF_TRAINING.SCORE_THRESH = 0.3
+    # Predictions kept per image for the next round (open).
+    cfg.SELF_TRAINING.MAX_PER_IMAGE = 100
+
+
+def add_uis_config(cfg: CN) -> None:
+    """Add every uis_d2 key to a detectron2 config (call before merging a yaml)."""
+    add_solov2_config(cfg)
+    add_freeze_config(cfg)
+    add_input_config(cfg)
+    add_proposals_config(cfg)
+    add_self_training_config(cfg)

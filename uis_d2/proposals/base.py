@@ -1,0 +1,60 @@
+"""The contract every registered proposal generator fulfils.
+
+Generators are plug-ins: ``@PROPOSAL_GENERATOR_REGISTRY.register()`` on a class whose
+constructor takes the config; ``build_proposal_generator(cfg)`` picks ``cfg.PROPOSALS.GENERATOR``.
+The runner (tools/generate_proposals.py) only ever talks to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from fvcore.common.registry import Registry
+
+PROPOSAL_GENERATOR_REGISTRY = Registry("PROPOSAL_GENERATOR")
+PROPOSAL_GENERATOR_REGISTRY.__doc__ = "Offline pseudo-mask generators, built from cfg.PROPOSALS."
+
+
+@dataclass
+class Proposals:
+    """Pseudo-masks of one image, at the image's original resolution."""
+
+    masks: np.ndarray  # (N, H, W) bool
+    scores: np.ndarray  # (N,) float32, higher = more confident; ranks mask NMS
+    embeddings: np.ndarray  # (N, C) float32, mean feature inside each mask (semantic loss)
+    # Per-mask extra fields written into each annotation, e.g. {"k": (N,), "saliency_overlap": (N,)}.
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    # Intermediate maps for --vis only (e.g. per-k label maps, the saliency map); never written.
+    debug: dict[str, Any] = field(default_factory=dict)
+
+
+class ProposalGenerator:
+    """Base class: turns a batch of decoded images into per-image proposals."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
+        """``images``: RGB uint8 tensors (3, H, W) of any sizes, on any device."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance recorded in the output json's ``info`` (names, checkpoint hashes)."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device) -> "ProposalGenerator":
+        """Move the feature extractors to ``device``; returns self."""
+        raise NotImplementedError
+
+
+def build_proposal_generator(cfg) -> ProposalGenerator:
+    """Instantiate the generator named by ``cfg.PROPOSALS.GENERATOR``."""
+    name = cfg.PROPOSALS.GENERATOR
+    if name not in PROPOSAL_GENERATOR_REGISTRY:
+        known = sorted(k for k, _ in PROPOSAL_GENERATOR_REGISTRY)
+        raise KeyError(f"PROPOSALS.GENERATOR = {name!r} is not registered; known: {known}")
+    return PROPOSAL_GENERATOR_REGISTRY.get(name)(cfg)
