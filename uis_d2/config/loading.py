@@ -86,18 +86,42 @@ def validate_uis_config(cfg: CfgNode) -> None:
     n_levels = len(cfg.MODEL.SOLOV2.INSTANCE_IN_FEATURES)
     for key in ("FPN_INSTANCE_STRIDES", "FPN_SCALE_RANGES", "NUM_GRIDS"):
         value = cfg.MODEL.SOLOV2[key]
-        _check(len(value) == n_levels, s + key, value,
-               f"needs one entry per INSTANCE_IN_FEATURES level ({n_levels})")
+        _check(
+            len(value) == n_levels,
+            s + key,
+            value,
+            f"needs one entry per INSTANCE_IN_FEATURES level ({n_levels})",
+        )
     for lo_hi in cfg.MODEL.SOLOV2.FPN_SCALE_RANGES:
-        _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], s + "FPN_SCALE_RANGES",
-               cfg.MODEL.SOLOV2.FPN_SCALE_RANGES, "each range must be [low, high] with 0 <= low <= high")
-    for key in ("NUM_CLASSES", "INSTANCE_CHANNELS", "NUM_INSTANCE_CONVS", "NUM_KERNELS",
-                "MASK_CHANNELS", "NUM_MASKS", "NMS_PRE", "MAX_PER_IMG"):
+        _check(
+            len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
+            s + "FPN_SCALE_RANGES",
+            cfg.MODEL.SOLOV2.FPN_SCALE_RANGES,
+            "each range must be [low, high] with 0 <= low <= high",
+        )
+    for key in (
+        "NUM_CLASSES",
+        "INSTANCE_CHANNELS",
+        "NUM_INSTANCE_CONVS",
+        "NUM_KERNELS",
+        "MASK_CHANNELS",
+        "NUM_MASKS",
+        "NMS_PRE",
+        "MAX_PER_IMG",
+    ):
         _check_positive(cfg, s + key)
-    _check(min(cfg.MODEL.SOLOV2.NUM_GRIDS) > 0, s + "NUM_GRIDS", cfg.MODEL.SOLOV2.NUM_GRIDS,
-           "grid sizes must be > 0")
-    _check(cfg.MODEL.SOLOV2.NUM_MASKS == cfg.MODEL.SOLOV2.NUM_KERNELS, s + "NUM_MASKS",
-           cfg.MODEL.SOLOV2.NUM_MASKS, "must equal MODEL.SOLOV2.NUM_KERNELS (1x1 dynamic kernels)")
+    _check(
+        min(cfg.MODEL.SOLOV2.NUM_GRIDS) > 0,
+        s + "NUM_GRIDS",
+        cfg.MODEL.SOLOV2.NUM_GRIDS,
+        "grid sizes must be > 0",
+    )
+    _check(
+        cfg.MODEL.SOLOV2.NUM_MASKS == cfg.MODEL.SOLOV2.NUM_KERNELS,
+        s + "NUM_MASKS",
+        cfg.MODEL.SOLOV2.NUM_MASKS,
+        "must equal MODEL.SOLOV2.NUM_KERNELS (1x1 dynamic kernels)",
+    )
     _check_positive(cfg, s + "EMBED_DIM", allow_zero=True)
     for key in ("SIGMA", "PRIOR_PROB", "SCORE_THR", "MASK_THR", "UPDATE_THR"):
         _check_fraction(cfg, s + key)
@@ -107,14 +131,26 @@ def validate_uis_config(cfg: CfgNode) -> None:
 
     loss = s + "LOSS."
     _check_choice(cfg, loss + "MODE", ("weak", "supervised"))
-    for key in ("FOCAL_WEIGHT", "DICE_WEIGHT", "AVG_PROJ_WEIGHT", "MAX_PROJ_WEIGHT",
-                "PAIRWISE_WEIGHT", "SEM_WEIGHT", "FOCAL_GAMMA", "PAIRWISE_WARMUP_ITERS"):
+    for key in (
+        "FOCAL_WEIGHT",
+        "DICE_WEIGHT",
+        "AVG_PROJ_WEIGHT",
+        "MAX_PROJ_WEIGHT",
+        "PAIRWISE_WEIGHT",
+        "SEM_WEIGHT",
+        "FOCAL_GAMMA",
+        "PAIRWISE_WARMUP_ITERS",
+    ):
         _check_positive(cfg, loss + key, allow_zero=True)
     for key in ("FOCAL_ALPHA", "PAIRWISE_COLOR_THRESH"):
         _check_fraction(cfg, loss + key)
     _check_positive(cfg, loss + "PAIRWISE_SIZE")
-    _check(cfg.MODEL.SOLOV2.LOSS.PAIRWISE_SIZE % 2 == 1, loss + "PAIRWISE_SIZE",
-           cfg.MODEL.SOLOV2.LOSS.PAIRWISE_SIZE, "must be odd")
+    _check(
+        cfg.MODEL.SOLOV2.LOSS.PAIRWISE_SIZE % 2 == 1,
+        loss + "PAIRWISE_SIZE",
+        cfg.MODEL.SOLOV2.LOSS.PAIRWISE_SIZE,
+        "must be odd",
+    )
     _check_positive(cfg, loss + "PAIRWISE_DILATION")
 
     _check_fraction(cfg, "INPUT.PSEUDO_MASKS.MIN_SCORE")
@@ -124,8 +160,12 @@ def validate_uis_config(cfg: CfgNode) -> None:
         _check_fraction(cfg, cp + key)
     _check_positive(cfg, cp + "MAX_INSTANCES", allow_zero=True)
     scale = cfg.INPUT.COPY_PASTE.SCALE_RANGE
-    _check(len(scale) == 2 and 0 < scale[0] <= scale[1], cp + "SCALE_RANGE", scale,
-           "must be [low, high] with 0 < low <= high")
+    _check(
+        len(scale) == 2 and 0 < scale[0] <= scale[1],
+        cp + "SCALE_RANGE",
+        scale,
+        "must be [low, high] with 0 < low <= high",
+    )
     _check_choice(cfg, "INPUT.BAD_IMAGE_POLICY", ("skip", "fail"))
 
     p = "PROPOSALS."
@@ -134,24 +174,37 @@ def validate_uis_config(cfg: CfgNode) -> None:
     for key in ("NUM_WORKERS", "SHORT_SIDE", "MAX_SIDE", "SEED"):
         _check_positive(cfg, p + key, allow_zero=True)
     ks = cfg.PROPOSALS.SPECTRAL.K
-    _check(len(ks) > 0 and all(int(k) >= 2 for k in ks), p + "SPECTRAL.K", ks,
-           "needs at least one k, and every k must be >= 2 (k = 1 is the whole image)")
+    _check(
+        len(ks) > 0 and all(int(k) >= 2 for k in ks),
+        p + "SPECTRAL.K",
+        ks,
+        "needs at least one k, and every k must be >= 2 (k = 1 is the whole image)",
+    )
     _check_positive(cfg, p + "SPECTRAL.KMEANS_RESTARTS")
     _check_positive(cfg, p + "SPECTRAL.KMEANS_ITERS")
     _check_positive(cfg, p + "SPECTRAL.MIN_COMPONENT_PATCHES", allow_zero=True)
-    _check(cfg.PROPOSALS.SALIENCY.K >= 2, p + "SALIENCY.K", cfg.PROPOSALS.SALIENCY.K, "must be >= 2")
+    _check(
+        cfg.PROPOSALS.SALIENCY.K >= 2, p + "SALIENCY.K", cfg.PROPOSALS.SALIENCY.K, "must be >= 2"
+    )
     _check_fraction(cfg, p + "SALIENCY.OVERLAP_THRESH")
     _check_fraction(cfg, p + "NMS_THRESH")
     for key in ("FREE_MASK.MASK_THRESH", "FREE_MASK.MASKNESS_THRESH"):
         _check_fraction(cfg, p + key)
     _check_positive(cfg, p + "FREE_MASK.MAX_MASKS")
     scales = cfg.PROPOSALS.FREE_MASK.QUERY_SCALES
-    _check(len(scales) > 0 and all(0 < x <= 1 for x in scales), p + "FREE_MASK.QUERY_SCALES",
-           scales, "needs at least one scale, each in (0, 1]")
+    _check(
+        len(scales) > 0 and all(0 < x <= 1 for x in scales),
+        p + "FREE_MASK.QUERY_SCALES",
+        scales,
+        "needs at least one scale, each in (0, 1]",
+    )
     for prefix in (p + "EXTRACTOR.", p + "SALIENCY.EXTRACTOR."):
         _check_choice(cfg, prefix + "RESNET_STAGE", ("res4", "res5"))
-        _check_choice(cfg, prefix + "CHECKPOINT_FORMAT",
-                      ("auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm"))
+        _check_choice(
+            cfg,
+            prefix + "CHECKPOINT_FORMAT",
+            ("auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm"),
+        )
         _check_positive(cfg, prefix + "PATCH_SIZE")
 
     _check_positive(cfg, "SELF_TRAINING.ROUNDS")

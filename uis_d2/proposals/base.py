@@ -25,7 +25,7 @@ class Proposals:
     masks: np.ndarray  # (N, H, W) bool
     scores: np.ndarray  # (N,) float32, higher = more confident; ranks mask NMS
     embeddings: np.ndarray  # (N, C) float32, mean feature inside each mask (semantic loss)
-    # Per-mask extra fields written into each annotation, e.g. {"k": (N,), "saliency_overlap": (N,)}.
+    # Per-mask fields written into each annotation, e.g. {"k": (N,), "saliency_overlap": (N,)}.
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     # Intermediate maps for --vis only (e.g. per-k label maps, the saliency map); never written.
     debug: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +46,7 @@ class ProposalGenerator:
         """Provenance recorded in the output json's ``info`` (names, checkpoint hashes)."""
         raise NotImplementedError
 
-    def to(self, device: torch.device) -> "ProposalGenerator":
+    def to(self, device: torch.device) -> ProposalGenerator:
         """Move the feature extractors to ``device``; returns self."""
         raise NotImplementedError
 
