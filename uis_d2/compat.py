@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -78,8 +79,7 @@ def _patch_missing_extension() -> list[str]:
 
 def has_compiled_extension() -> bool:
     """True when detectron2's real C++ extension is loaded."""
-    module = sys.modules.get("detectron2._C")
-    return module is not None and not isinstance(module, _MissingExtension)
+    return not isinstance(sys.modules.get("detectron2._C"), _MissingExtension)
 
 
 APPLIED: list[str] = []
@@ -87,6 +87,8 @@ APPLIED: list[str] = []
 
 def apply() -> list[str]:
     """Apply every missing fix once; returns what was patched (for logs and tests)."""
+    # detectron2 scripts a few helpers with torch.jit, which torch >= 2.10 deprecates loudly.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
     if not APPLIED:
         APPLIED.extend(_patch_numpy() + _patch_pillow() + _patch_missing_extension())
     return list(APPLIED)

@@ -1,0 +1,1 @@
+"""The end-to-end demo pipeline: steps, pictures and the HTML report."""
