@@ -74,8 +74,11 @@ def ensure_synthetic(root: Path, args: argparse.Namespace) -> None:
 
 
 def evaluate(gt: Path, pred: Path, out: Path) -> dict:
-    run_step(f"evaluate {pred.name}", [TOOLS / "evaluate_json.py", "--gt", gt, "--pred", pred,
-                                       "--json-out", out], out)
+    run_step(
+        f"evaluate {pred.name}",
+        [TOOLS / "evaluate_json.py", "--gt", gt, "--pred", pred, "--json-out", out],
+        out,
+    )
     return json.loads(out.read_text())
 
 
@@ -92,21 +95,50 @@ def main(argv: list[str] | None = None) -> dict:
     gt_val = synthetic / "annotations/val.json"
     pseudo_train = synthetic / "pseudo/train.json"
     proposals_val = out / "proposals/val.json"
-    for dataset, target, vis in (("synthetic_train", pseudo_train, 0),
-                                 ("synthetic_val", proposals_val, args.num_overlays)):
-        command = [TOOLS / "generate_proposals.py", "--config-file", PROPOSAL_CONFIG,
-                   "--dataset", dataset, "--output", target, "--vis", vis]
+    for dataset, target, vis in (
+        ("synthetic_train", pseudo_train, 0),
+        ("synthetic_val", proposals_val, args.num_overlays),
+    ):
+        command = [
+            TOOLS / "generate_proposals.py",
+            "--config-file",
+            PROPOSAL_CONFIG,
+            "--dataset",
+            dataset,
+            "--output",
+            target,
+            "--vis",
+            vis,
+        ]
         run_step(f"proposals for {dataset}", command, target)
 
     analysis = out / "analysis"
-    run_step("proposal analysis (Table 1)",
-             [TOOLS / "analyze_proposals.py", "--proposals", proposals_val, "--gt", gt_val,
-              "--out", analysis], analysis / "recall_by_count.json")
+    run_step(
+        "proposal analysis (Table 1)",
+        [
+            TOOLS / "analyze_proposals.py",
+            "--proposals",
+            proposals_val,
+            "--gt",
+            gt_val,
+            "--out",
+            analysis,
+        ],
+        analysis / "recall_by_count.json",
+    )
     metrics = {"proposals": evaluate(gt_val, proposals_val, out / "metrics_proposals.json")}
 
     train_dir = out / "train"
-    command = [TOOLS / "train_net.py", "--config-file", TRAIN_CONFIG, "OUTPUT_DIR", train_dir,
-               "SELF_TRAINING.ROUNDS", args.rounds, *args.train_opts]
+    command = [
+        TOOLS / "train_net.py",
+        "--config-file",
+        TRAIN_CONFIG,
+        "OUTPUT_DIR",
+        train_dir,
+        "SELF_TRAINING.ROUNDS",
+        args.rounds,
+        *args.train_opts,
+    ]
     predictions = train_dir / f"round{args.rounds}/inference/coco_instances_results.json"
     run_step("training + evaluation", command, predictions)
     for r in range(1, args.rounds + 1):
@@ -122,27 +154,43 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def write_pictures_and_report(out: Path, synthetic: Path, gt_val: Path, proposals_val: Path,
-                              train_dir: Path, args: argparse.Namespace,
-                              summary: dict[str, dict[str, float]]) -> None:
+def write_pictures_and_report(
+    out: Path,
+    synthetic: Path,
+    gt_val: Path,
+    proposals_val: Path,
+    train_dir: Path,
+    args: argparse.Namespace,
+    summary: dict[str, dict[str, float]],
+) -> None:
     gt = json.loads(gt_val.read_text())
     panels = {"proposals": annotations_by_image(json.loads(proposals_val.read_text()))}
     for r in range(1, args.rounds + 1):
-        pred = json.loads((train_dir / f"round{r}/inference/coco_instances_results.json")
-                          .read_text())
+        pred = json.loads(
+            (train_dir / f"round{r}/inference/coco_instances_results.json").read_text()
+        )
         panels[f"trained r{r} (score>=0.3)"] = annotations_by_image(pred, min_score=0.3)
     image_ids = sorted(img["id"] for img in gt["images"])[: args.num_overlays]
     overlays = write_comparison_grids(gt, panels, synthetic / "val", out / "overlays", image_ids)
-    curves = [plot_loss_curves(train_dir / f"round{r}/metrics.json",
-                               out / f"curves/losses_round{r}.png", f"training losses, round {r}")
-              for r in range(1, args.rounds + 1)]
+    curves = [
+        plot_loss_curves(
+            train_dir / f"round{r}/metrics.json",
+            out / f"curves/losses_round{r}.png",
+            f"training losses, round {r}",
+        )
+        for r in range(1, args.rounds + 1)
+    ]
     sections = [
         ("Ground truth | raw proposals | trained model", overlays),
-        ("Proposal analysis: recall by instances of one category (Table 1)",
-         sorted((out / "analysis").glob("*.png"))),
+        (
+            "Proposal analysis: recall by instances of one category (Table 1)",
+            sorted((out / "analysis").glob("*.png")),
+        ),
         ("Training losses", curves),
-        ("Proposal generation: masks for every k, saliency, kept proposals",
-         sorted((out / "proposals").rglob("*.png"))),
+        (
+            "Proposal generation: masks for every k, saliency, kept proposals",
+            sorted((out / "proposals").rglob("*.png")),
+        ),
     ]
     notes = [
         f"Command: python tools/run_demo.py --output {args.output} --num-train {args.num_train} "

@@ -36,6 +36,17 @@ class MissingExtensionError(RuntimeError):
 class _MissingExtension(types.ModuleType):
     """Stand-in for ``detectron2._C``: importable, but every op raises a clear error."""
 
+    # detectron2's collect_env_info (logged by default_setup) asks for these: report no build.
+    @staticmethod
+    def get_compiler_version() -> str:
+        return "none (detectron2._C placeholder, see uis_d2.compat)"
+
+    get_cuda_version = get_compiler_version
+
+    @staticmethod
+    def has_cuda() -> bool:
+        return False
+
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)

@@ -111,6 +111,9 @@ def add_input_config(cfg: CN) -> None:
     cfg.INPUT.PSEUDO_MASKS.MIN_SCORE = 0.0
     # Pseudo-masks with fewer pixels than this are dropped when loaded (open).
     cfg.INPUT.PSEUDO_MASKS.MIN_AREA = 16
+    # Pseudo-label jsons registered before training as [name, json_file, image_root] triples, so
+    # that DATASETS.TRAIN can name them; relative paths are under $DETECTRON2_DATASETS (open).
+    cfg.INPUT.PSEUDO_MASKS.REGISTER = []
 
     cfg.INPUT.COPY_PASTE = CN()
     # Paste instances of another training image into the current one (paper, A.2.1).
@@ -200,6 +203,8 @@ def add_proposals_config(cfg: CN) -> None:
     p.FREE_MASK.MASKNESS_THRESH = 0.7
     # Masks kept per image (ref: 20).
     p.FREE_MASK.MAX_MASKS = 20
+    # Drop masks centred in the image's top 20% or spanning >= 95% of its width (ref heuristics).
+    p.FREE_MASK.DROP_BORDER_MASKS = True
 
 
 def add_self_training_config(cfg: CN) -> None:

@@ -128,6 +128,10 @@ def validate_uis_config(cfg: CfgNode) -> None:
     _check_choice(cfg, s + "NMS_KERNEL", ("gaussian", "linear"))
     _check_positive(cfg, s + "NMS_SIGMA")
     _check_choice(cfg, s + "NORM", ("GN", ""))
+    if cfg.MODEL.SOLOV2.NORM == "GN":
+        for key in ("INSTANCE_CHANNELS", "MASK_CHANNELS", "NUM_MASKS"):
+            value = cfg.MODEL.SOLOV2[key]
+            _check(value % 32 == 0, s + key, value, "must be a multiple of 32 (GroupNorm(32))")
 
     loss = s + "LOSS."
     _check_choice(cfg, loss + "MODE", ("weak", "supervised"))
@@ -155,6 +159,13 @@ def validate_uis_config(cfg: CfgNode) -> None:
 
     _check_fraction(cfg, "INPUT.PSEUDO_MASKS.MIN_SCORE")
     _check_positive(cfg, "INPUT.PSEUDO_MASKS.MIN_AREA", allow_zero=True)
+    for entry in cfg.INPUT.PSEUDO_MASKS.REGISTER:
+        _check(
+            len(entry) == 3 and all(isinstance(x, str) and x for x in entry),
+            "INPUT.PSEUDO_MASKS.REGISTER",
+            entry,
+            "each entry must be [name, json_file, image_root] (non-empty strings)",
+        )
     cp = "INPUT.COPY_PASTE."
     for key in ("PROB", "MAX_SHIFT", "OCCLUSION_THRESH"):
         _check_fraction(cfg, cp + key)

@@ -1,0 +1,209 @@
+"""Class-agnostic detectron2 dataset registration for the benchmarks the papers use.
+
+Registration is lazy: it only records where each split lives relative to the dataset root
+(``$DETECTRON2_DATASETS``, default ``./datasets``). The root is resolved every time a split is
+loaded or its ``json_file`` / ``image_root`` metadata is read, so setting the variable after
+``import uis_d2`` still takes effect. Every split loads as one ``object`` class (category 0),
+because unsupervised methods are evaluated class-agnostically; the original categories stay
+in the json named by the metadata for per-category analyses. File layout: datasets/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.data.datasets import load_coco_json
+
+CLASS_AGNOSTIC_META = {"evaluator_type": "class_agnostic", "thing_classes": ["object"]}
+
+# Annotation keys load_coco_json reads itself (or, for id/image_id/area, uses no further);
+# every other key of a pseudo-label json (score, emb, k, saliency_overlap, ...) is passed on.
+COCO_ANNOTATION_KEYS = frozenset(
+    {"id", "image_id", "category_id", "iscrowd", "bbox", "segmentation", "keypoints", "area"}
+)
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """One COCO-format json and the folder its ``file_name`` entries are relative to."""
+
+    json_file: str
+    image_root: str
+
+
+# name -> parts (paths relative to the dataset root); several parts are concatenated.
+BUILTIN_SPLITS: dict[str, tuple[SplitFiles, ...]] = {
+    "uis_coco_train2017": (
+        SplitFiles("coco/annotations/instances_train2017.json", "coco/train2017"),
+    ),
+    "uis_coco_unlabeled2017": (
+        SplitFiles("coco/annotations/image_info_unlabeled2017.json", "coco/unlabeled2017"),
+    ),
+    "uis_coco_train2017_unlabeled2017": (
+        SplitFiles("coco/annotations/instances_train2017.json", "coco/train2017"),
+        SplitFiles("coco/annotations/image_info_unlabeled2017.json", "coco/unlabeled2017"),
+    ),
+    "uis_coco_val2017": (SplitFiles("coco/annotations/instances_val2017.json", "coco/val2017"),),
+    "uis_coco20k": (SplitFiles("coco/annotations/coco20k_train2014.json", "coco/train2014"),),
+    "uis_voc2012": (
+        SplitFiles("voc/annotations/voc2012_trainval_instances.json", "voc/VOC2012/JPEGImages"),
+    ),
+    "uis_uvo_val": (
+        SplitFiles("uvo/annotations/UVO_frame_val.json", "uvo/uvo_videos_sparse_frames"),
+    ),
+    "synthetic_train": (SplitFiles("synthetic/annotations/train.json", "synthetic/train"),),
+    "synthetic_val": (SplitFiles("synthetic/annotations/val.json", "synthetic/val"),),
+}
+# Pseudo labels over the synthetic training images; extra annotation keys are kept.
+SYNTHETIC_PSEUDO_SPLIT = (
+    "synthetic_train_pseudo",
+    SplitFiles("synthetic/pseudo/train.json", "synthetic/train"),
+)
+
+
+def datasets_root() -> Path:
+    """The dataset root, read from ``$DETECTRON2_DATASETS`` at call time (default ./datasets)."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+def _resolve(path: str | Path) -> Path:
+    """Relative paths are taken under the dataset root; absolute ones are used as given."""
+    path = Path(path)
+    return path if path.is_absolute() else datasets_root() / path
+
+
+class RootRelativeMetadata(Metadata):
+    """Metadata whose file paths follow the dataset root at access time.
+
+    detectron2 forbids changing a metadata value once set, so storing resolved paths at import
+    would pin the root of that moment; properties compute them from ``split_parts`` instead.
+    ``json_file`` / ``image_root`` name the first part (the only one except for concatenations).
+    """
+
+    @property
+    def json_files(self) -> list[str]:
+        return [str(_resolve(part.json_file)) for part in self.split_parts]
+
+    @property
+    def image_roots(self) -> list[str]:
+        return [str(_resolve(part.image_root)) for part in self.split_parts]
+
+    @property
+    def json_file(self) -> str:
+        return self.json_files[0]
+
+    @property
+    def image_root(self) -> str:
+        return self.image_roots[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        paths = {"json_file": self.json_file, "image_root": self.image_root}
+        return {**super().as_dict(), **paths, "json_files": self.json_files}
+
+
+def load_json_file(path: str | Path, what: str = "json file") -> dict[str, Any]:
+    """Read a json object; missing or malformed files raise errors that name the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid json: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must hold a json object, got {type(data).__name__}")
+    return data
+
+
+def extra_annotation_keys_in(json_file: str | Path) -> list[str]:
+    """The non-standard annotation keys present in a COCO json (e.g. score, emb)."""
+    coco = load_json_file(json_file, "annotation file")
+    present = {key for annotation in coco.get("annotations", []) for key in annotation}
+    return sorted(present - COCO_ANNOTATION_KEYS)
+
+
+def load_class_agnostic(
+    json_file: str | Path,
+    image_root: str | Path,
+    extra_annotation_keys: Sequence[str] | None = (),
+) -> list[dict[str, Any]]:
+    """Load a COCO json (with or without annotations) as detectron2 dicts of one class.
+
+    Relative paths are resolved under the dataset root now, so the root is read at load time.
+    ``extra_annotation_keys=None`` keeps every non-standard annotation key present in the json
+    (this reads the json twice: load_coco_json drops keys it is not told about).
+    """
+    json_path, image_dir = _resolve(json_file), _resolve(image_root)
+    if not json_path.is_file():
+        raise FileNotFoundError(
+            f"annotation file not found: {json_path} (dataset root {datasets_root()}, "
+            "set by $DETECTRON2_DATASETS; see datasets/README.md for the expected layout)"
+        )
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir} (for {json_path})")
+    if extra_annotation_keys is None:
+        extra_annotation_keys = extra_annotation_keys_in(json_path)
+    dicts = load_coco_json(
+        str(json_path), str(image_dir), extra_annotation_keys=list(extra_annotation_keys)
+    )
+    for record in dicts:
+        for annotation in record["annotations"]:
+            annotation["category_id"] = 0
+    return dicts
+
+
+def _register(
+    name: str, parts: Sequence[SplitFiles], loader: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """(Re-)register ``name``: replacing any previous entry keeps registration idempotent."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    MetadataCatalog.pop(name, None)
+    DatasetCatalog.register(name, loader)
+    metadata = RootRelativeMetadata(name=name, split_parts=tuple(parts), **CLASS_AGNOSTIC_META)
+    MetadataCatalog[name] = metadata
+
+
+def _concatenated_loader(
+    parts: Sequence[SplitFiles], extra_annotation_keys: Sequence[str] | None = ()
+) -> Callable[[], list[dict[str, Any]]]:
+    def load() -> list[dict[str, Any]]:
+        dicts: list[dict[str, Any]] = []
+        for part in parts:
+            dicts += load_class_agnostic(part.json_file, part.image_root, extra_annotation_keys)
+        return dicts
+
+    return load
+
+
+def register_class_agnostic(name: str, json_file: str, image_root: str) -> None:
+    """Register any COCO-format split as one ``object`` class (paths may be root-relative)."""
+    parts = (SplitFiles(json_file, image_root),)
+    _register(name, parts, _concatenated_loader(parts))
+
+
+def register_pseudo_labels(name: str, json_file: str, image_root: str) -> None:
+    """Register a pseudo-label json whose dicts keep every extra annotation key present
+    (score, emb, k, saliency_overlap, ...), which the training losses and self-training read.
+    """
+    parts = (SplitFiles(json_file, image_root),)
+    _register(name, parts, _concatenated_loader(parts, extra_annotation_keys=None))
+
+
+def register_all() -> None:
+    """Register every built-in split; called at import and safe to call again."""
+    for name, parts in BUILTIN_SPLITS.items():
+        _register(name, parts, _concatenated_loader(parts))
+    pseudo_name, pseudo_files = SYNTHETIC_PSEUDO_SPLIT
+    register_pseudo_labels(pseudo_name, pseudo_files.json_file, pseudo_files.image_root)
+
+
+register_all()

@@ -56,8 +56,8 @@ def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
 
 def mask_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU between every mask of ``a`` (N, H, W) and ``b`` (M, H, W), as one matmul."""
-    a_flat = a.reshape(a.shape[0], -1).float()
-    b_flat = b.reshape(b.shape[0], -1).float()
+    a_flat = a.flatten(1).float()  # flatten, unlike reshape(n, -1), accepts n = 0
+    b_flat = b.flatten(1).float()
     inter = a_flat @ b_flat.T
     union = a_flat.sum(1)[:, None] + b_flat.sum(1)[None, :] - inter
     return inter / union.clamp(min=1.0)

@@ -1,0 +1,248 @@
+"""Speed, memory and fidelity of the proposal pipeline against a deep-spectral-style reference.
+
+CPU mode (default): weight-free PatchStats features of synthetic scenes on a 30x30 patch grid.
+Our batched torch spectral clustering is timed against a reference written the way the original
+deep-spectral code works (per image: scipy ``eigsh(D - W, M=D, sigma=0)`` then one sklearn
+``KMeans(n_init=10)`` per k) on the same features, and their partitions are compared by the
+adjusted Rand index. Both sides get the same thread budget (``--threads``).
+
+``--full-gpu``: the paper's configuration, ViT-B/16 instance (MAE) and saliency (DINO) extractors
+with random weights at a 480-px short side, with a time breakdown and the CUDA peak memory
+after the first batch and after all of them (it must not grow with the number of images).
+
+    python benchmarks/bench_proposals.py --num-images 8 --json-out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import uis_d2  # noqa: F401  (compat fixes and registration)
+from uis_d2.config import get_cfg
+from uis_d2.data.synthetic import render_scene
+from uis_d2.features.base import extract_features
+from uis_d2.proposals import build_proposal_generator
+from uis_d2.proposals.spectral import kmeans, spectral_clustering, spectral_embedding
+from uis_d2.utils.files import atomic_write_json
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json-out", type=Path, help="write the figures to this json file")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--full-gpu", action="store_true", help="ViT-B/16 MAE + DINO at 480 px")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for both sides")
+    parser.add_argument("--reference-images", type=int, default=8, help="images compared to ref")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--restarts", type=int, default=0, help="override PROPOSALS.SPECTRAL.KMEANS_RESTARTS"
+    )
+    return parser.parse_args()
+
+
+def synthetic_images(count: int, height: int, width: int, seed: int) -> list[torch.Tensor]:
+    """Synthetic scenes resized to one size, so every image has the same patch grid."""
+    import cv2
+
+    images = []
+    for index in range(count):
+        rgb, _ = render_scene(np.random.default_rng([seed, 7, index]))
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        images.append(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+    return images
+
+
+def benchmark_config(full_gpu: bool, device: str):
+    cfg = get_cfg()
+    p = cfg.PROPOSALS
+    if full_gpu:
+        p.SHORT_SIDE, p.MAX_SIDE = 480, 800
+        p.EXTRACTOR.CHECKPOINT_FORMAT = "mae"  # random weights; distinct configs -> two ViTs
+        p.SALIENCY.EXTRACTOR.CHECKPOINT_FORMAT = "dino"
+        return cfg, (480, 640)
+    for node in (p.EXTRACTOR, p.SALIENCY.EXTRACTOR):
+        node.NAME, node.PATCH_SIZE = "PatchStats", 8
+    p.SHORT_SIDE, p.MAX_SIDE = 0, 0
+    return cfg, (240, 240)  # 30 x 30 patches
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def reference_clustering(features: np.ndarray, ks: list[int], seed: int) -> dict[int, np.ndarray]:
+    """deep-spectral's way, one image: generalised eigenproblem by shift-invert, sklearn k-means."""
+    from scipy.sparse.linalg import eigsh
+    from sklearn.cluster import KMeans
+
+    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    w = np.maximum(f @ f.T, 0).astype(np.float64)
+    d = np.diag(w.sum(axis=1))
+    _, vectors = eigsh(d - w, k=max(ks) + 1, sigma=0, which="LM", M=d)
+    return {
+        k: KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors[:, 1 : k + 1])
+        for k in ks
+    }
+
+
+def compare_with_reference(features: torch.Tensor, cfg, count: int, seed: int) -> dict:
+    """Time ours (batched) and the reference (per image) on the same (B, N, C) features."""
+    from sklearn.metrics import adjusted_rand_score
+
+    s, ks = cfg.PROPOSALS.SPECTRAL, [int(k) for k in cfg.PROPOSALS.SPECTRAL.K]
+    batch = features[:count]
+    device = str(batch.device.type)
+    spectral_clustering(batch[:1], ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, seed)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    ours = spectral_clustering(batch, ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, seed)
+    _sync(device)
+    ours_s = time.perf_counter() - start
+    host = batch.float().cpu().numpy()
+    start = time.perf_counter()
+    reference = [
+        reference_clustering(f, ks, seed) for f in tqdm(host, desc="reference", unit="img")
+    ]
+    reference_s = time.perf_counter() - start
+    aris = [
+        adjusted_rand_score(reference[i][k], ours[k][i].cpu().numpy())
+        for i in range(len(host))
+        for k in ks
+    ]
+    return {
+        "images": len(host),
+        "images_per_s": len(host) / ours_s,
+        "reference_images_per_s": len(host) / reference_s,
+        "speedup_vs_reference": reference_s / ours_s,
+        "mean_ari": float(np.mean(aris)),
+        "min_ari": float(np.min(aris)),
+    }
+
+
+def stage_breakdown(generator, images: list[torch.Tensor], cfg, device: str) -> dict:
+    """Seconds per stage for one batch: extractors, eigensolver, k-means (rest = postprocess)."""
+    s, ks = cfg.PROPOSALS.SPECTRAL, [int(k) for k in cfg.PROPOSALS.SPECTRAL.K]
+    timings = {}
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        features = extract_features(generator.extractor, images)
+        if generator.saliency_extractor not in (None, generator.extractor):
+            extract_features(generator.saliency_extractor, images)
+    _sync(device)
+    timings["extractors_s"] = time.perf_counter() - start
+    batch = torch.stack(features).flatten(2).transpose(1, 2)
+    start = time.perf_counter()
+    embedding = spectral_embedding(batch, max(ks), seed=cfg.PROPOSALS.SEED)
+    _sync(device)
+    timings["eigensolver_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    generator_rng = torch.Generator().manual_seed(0)
+    for k in ks:
+        kmeans(
+            embedding.vectors[:, :, :k].contiguous(),
+            k,
+            s.KMEANS_RESTARTS,
+            s.KMEANS_ITERS,
+            generator_rng,
+        )
+    _sync(device)
+    timings["kmeans_s"] = time.perf_counter() - start
+    _sync(device)
+    start = time.perf_counter()
+    generator(images)
+    _sync(device)
+    total = time.perf_counter() - start
+    timings["postprocess_s"] = max(0.0, total - sum(timings.values()))
+    timings["total_s"] = total
+    return {key: value / len(images) for key, value in timings.items()}
+
+
+def run_generator(generator, images: list[torch.Tensor], batch_size: int, device: str) -> dict:
+    """images/s of the whole generator in batches; CUDA peak after the first and last batch."""
+    peaks = []
+    _sync(device)
+    start = time.perf_counter()
+    with tqdm(total=len(images), desc="generator", unit="img") as bar:
+        for first in range(0, len(images), batch_size):
+            chunk = images[first : first + batch_size]
+            generator(chunk)
+            _sync(device)
+            if device == "cuda":
+                peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+            bar.update(len(chunk))
+    elapsed = time.perf_counter() - start
+    result = {"images_per_s": len(images) / elapsed}
+    if peaks:
+        result["cuda_peak_mb_first_batch"] = peaks[0]
+        result["cuda_peak_mb_all_batches"] = peaks[-1]
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    device = "cuda" if args.full_gpu else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda / --full-gpu: no CUDA device is available")
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+    cfg, (height, width) = benchmark_config(args.full_gpu, device)
+    cfg.PROPOSALS.SEED = args.seed
+    if args.restarts:
+        cfg.PROPOSALS.SPECTRAL.KMEANS_RESTARTS = args.restarts
+    generator = build_proposal_generator(cfg).to(torch.device(device))
+    images = synthetic_images(args.num_images, height, width, args.seed)
+    images = [image.to(device) for image in images]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    generator(images[:1])  # warm-up (allocator, kernels)
+    whole = run_generator(generator, images, cfg.PROPOSALS.BATCH_SIZE, device)
+    batch = images[: cfg.PROPOSALS.BATCH_SIZE]
+    breakdown = stage_breakdown(generator, batch, cfg, device)
+    with torch.no_grad():
+        features = torch.stack(extract_features(generator.extractor, batch))
+    spectral = compare_with_reference(
+        features.flatten(2).transpose(1, 2), cfg, args.reference_images, args.seed
+    )
+    result = {
+        "device": device,
+        "full_gpu": args.full_gpu,
+        "threads": args.threads,
+        "kmeans_restarts": cfg.PROPOSALS.SPECTRAL.KMEANS_RESTARTS,
+        "num_images": args.num_images,
+        "image_size": [height, width],
+        "grid": list(features.shape[-2:]),
+        "feature_dim": int(features.shape[1]),
+        "images_per_s": whole["images_per_s"],
+        "generator": whole,
+        "spectral": spectral,
+        "speedup_vs_reference": spectral["speedup_vs_reference"],
+        "mean_ari": spectral["mean_ari"],
+        "breakdown_s_per_image": breakdown,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if device == "cuda":
+        result["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu"] = torch.cuda.get_device_name()
+    for key in ("images_per_s", "speedup_vs_reference", "mean_ari", "peak_rss_mb"):
+        print(f"{key}: {result[key]:.3f}")
+    print(f"spectral step: {spectral}")
+    print(f"breakdown (s/image): {breakdown}")
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
+
+
+if __name__ == "__main__":
+    main()

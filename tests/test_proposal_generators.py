@@ -1,0 +1,137 @@
+"""Proposal post-processing rules and both generators end to end (weight-free features)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import uis_d2  # noqa: F401
+from uis_d2.config import get_cfg
+from uis_d2.proposals import build_proposal_generator
+from uis_d2.proposals.free_mask import background_like, query_features
+from uis_d2.proposals.postprocess import (
+    border_foreground,
+    mask_nms,
+    saliency_filter,
+    split_connected_components,
+    upsample_masks,
+)
+
+
+def test_components_are_split_with_8_connectivity_and_small_ones_dropped():
+    mask = np.zeros((1, 6, 6), dtype=bool)
+    mask[0, 0, 0] = mask[0, 1, 1] = True  # diagonal neighbours: one component
+    mask[0, 4:6, 3:6] = True  # a second component of 6 cells
+    mask[0, 0, 5] = True  # a single cell, below the minimum
+    parts, parents = split_connected_components(np.concatenate([mask, mask[:, ::-1]]), 2)
+    assert len(parts) == 4 and parents.tolist() == [0, 0, 1, 1]
+    assert sorted(int(p.sum()) for p in parts[:2]) == [2, 6]
+
+
+def test_saliency_is_the_cluster_off_the_border_not_the_larger_one():
+    labels = np.zeros((8, 8), dtype=np.int64)
+    labels[1:7, 1:7] = 1  # a central object bigger than the background ring
+    assert border_foreground(labels).sum() == 36 and border_foreground(labels)[3, 3]
+    assert border_foreground(1 - labels)[3, 3]  # label ids do not matter
+
+
+def test_saliency_filter_threshold_keeps_at_and_above_only():
+    masks = np.zeros((1, 4, 5), dtype=bool)
+    masks[0, 0] = True  # 5 cells, 3 of them salient: overlap 0.6
+    saliency = np.zeros((4, 5), dtype=bool)
+    saliency[0, :3] = True
+    for thresh, kept in ((0.59, True), (0.6, True), (0.61, False)):
+        keep, overlap = saliency_filter(masks, saliency, thresh)
+        assert keep.tolist() == [kept] and overlap[0] == pytest.approx(0.6)
+
+
+def test_mask_nms_suppresses_only_above_the_iou_threshold_and_keeps_the_best():
+    big = np.zeros((10, 10), dtype=bool)
+    big[:5, :10] = True  # 50 cells
+    close = big.copy()
+    close[4, :9] = False  # 41 cells inside big: IoU 0.82
+    far = big.copy()
+    far[4, :] = False
+    far[3, :1] = False  # 39 cells: IoU 0.78
+    scores = np.array([0.5, 0.9])
+    assert mask_nms(np.stack([close, big]), scores, 0.8).tolist() == [1]
+    assert mask_nms(np.stack([close, big]), scores, 0.85).tolist() == [1, 0]
+    assert mask_nms(np.stack([far, big]), scores, 0.8).tolist() == [1, 0]
+
+
+def test_upsampling_maps_the_grid_onto_the_full_image():
+    grid = torch.zeros(1, 2, 2, dtype=torch.bool)
+    grid[0, 0, 0] = True
+    full = upsample_masks(grid, (8, 12))
+    assert full.shape == (1, 8, 12) and full[0, :3, :5].all()
+    assert not full[0, 5:].any() and not full[0, :, 7:].any() and 20 <= full.sum() <= 28
+
+
+def _scene(height: int, width: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(120, 20, (height, width, 3))
+    obj = np.zeros((height, width), dtype=bool)
+    obj[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = True
+    image[obj] = [230, 40, 50]
+    image += rng.normal(0, 8, image.shape)
+    return torch.from_numpy(image.clip(0, 255).astype(np.uint8)).permute(2, 0, 1), obj
+
+
+def _cfg(generator: str):
+    cfg = get_cfg()
+    cfg.PROPOSALS.GENERATOR = generator
+    for node in (cfg.PROPOSALS.EXTRACTOR, cfg.PROPOSALS.SALIENCY.EXTRACTOR):
+        node.NAME, node.PATCH_SIZE = "PatchStats", 8
+    cfg.PROPOSALS.SHORT_SIDE = 0
+    return cfg
+
+
+def test_spectral_generator_end_to_end_finds_the_object_at_image_resolution():
+    generator = build_proposal_generator(_cfg("SpectralProposalGenerator"))
+    assert generator.saliency_extractor is generator.extractor  # identical configs share
+    scenes = [_scene(64, 80, 0), _scene(72, 56, 1)]
+    outputs = generator([image for image, _ in scenes])
+    for (image, obj), out in zip(scenes, outputs):
+        n = len(out.masks)
+        assert n >= 1 and out.masks.shape == (n, *image.shape[1:]) and out.masks.dtype == bool
+        assert out.embeddings.shape == (n, 21) and out.scores.shape == (n,)
+        assert set(out.extras) == {"k", "saliency_overlap"}
+        assert np.all(out.extras["saliency_overlap"] >= 0.5)
+        assert set(out.extras["k"].tolist()) <= {2, 3, 4, 5}
+        ious = (out.masks & obj).sum((1, 2)) / (out.masks | obj).sum((1, 2))
+        assert ious.max() > 0.7
+        assert out.debug["saliency"][obj[::8, ::8]].mean() > 0.8
+    info = generator.describe()
+    assert info["extractor"]["name"] == "PatchStats" and info["K"] == [2, 3, 4, 5]
+
+
+def test_spectral_generator_without_saliency_scores_everything_equally():
+    cfg = _cfg("SpectralProposalGenerator")
+    cfg.PROPOSALS.SALIENCY.ENABLED = False
+    out = build_proposal_generator(cfg)([_scene(48, 48, 2)[0]])[0]
+    assert len(out.masks) >= 2 and np.all(out.scores == 1.0)
+    assert set(out.extras) == {"k"} and "saliency" not in out.debug
+
+
+def test_free_mask_generator_end_to_end():
+    cfg = _cfg("FreeMaskGenerator")
+    image, obj = _scene(64, 96, 3)
+    out = build_proposal_generator(cfg)([image])[0]
+    n = len(out.masks)
+    assert 1 <= n <= cfg.PROPOSALS.FREE_MASK.MAX_MASKS
+    assert out.masks.shape == (n, 64, 96) and out.embeddings.shape == (n, 21)
+    assert np.all(out.scores >= cfg.PROPOSALS.FREE_MASK.MASKNESS_THRESH)
+    assert np.all(np.diff(out.scores) <= 0)
+    ious = (out.masks & obj).sum((1, 2)) / (out.masks | obj).sum((1, 2))
+    assert ious.max() > 0.7
+
+
+def test_free_mask_queries_and_background_heuristics():
+    queries, scales = query_features(torch.randn(5, 8, 12), [1.0, 0.5, 0.25])
+    assert queries.shape == (96 + 24 + 6, 5) and scales[-1] == 0.25
+    masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+    masks[0, 0:2, 3:5] = True  # centre in the top 20%
+    masks[1, 6:8, 0:10] = True  # spans the full width
+    masks[2, 5:8, 2:6] = True  # an ordinary object
+    assert background_like(masks).tolist() == [True, True, False]

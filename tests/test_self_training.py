@@ -1,0 +1,84 @@
+"""Self-training: a round's predictions become a valid pseudo-label json; reruns resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import uis_d2  # noqa: F401  (compat fixes before detectron2)
+
+# isort: split
+from detectron2.structures import Instances
+from training_cases import make_synthetic_root, tiny_training_cfg
+
+from uis_d2.data.validation import check_coco_json
+from uis_d2.engine import run_self_training
+from uis_d2.engine.self_training import PSEUDO_LABELS_FILE, predictions_to_annotations
+from uis_d2.utils.masks import mask_to_box_xywh, rle_to_mask
+
+
+@pytest.fixture
+def dataset_root(tmp_path, monkeypatch):
+    root = make_synthetic_root(tmp_path / "datasets")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    return root
+
+
+def _has_embedding_head(model_file):
+    state = torch.load(model_file, map_location="cpu", weights_only=True)["model"]
+    return any("embed_pred" in name for name in state)
+
+
+def test_two_rounds_write_pseudo_labels_and_resume_skips_finished_rounds(tmp_path, dataset_root):
+    out = tmp_path / "out"
+    cfg = tiny_training_cfg(out, max_iter=1)
+    cfg.SELF_TRAINING.ROUNDS = 2
+    run_self_training(cfg, resume=False)
+
+    pseudo = out / "round1" / PSEUDO_LABELS_FILE
+    data = json.loads(pseudo.read_text())
+    check_coco_json(pseudo, images_dir=data["info"]["image_root"], kind="pseudo")
+    # Every training image is listed (predictions are made on all of them) ...
+    assert sorted(img["file_name"] for img in data["images"]) == sorted(
+        p.name for p in (dataset_root / "synthetic/train").glob("*.png")
+    )
+    per_image = {}
+    for annotation in data["annotations"]:
+        per_image[annotation["image_id"]] = per_image.get(annotation["image_id"], 0) + 1
+        mask = rle_to_mask(annotation["segmentation"])
+        # ... with xywh boxes and areas that match the masks, and no embeddings (none predicted).
+        assert annotation["bbox"] == mask_to_box_xywh(mask)
+        assert annotation["area"] == int(mask.sum()) > 0
+        assert annotation["category_id"] == 1 and annotation["iscrowd"] == 0
+        assert annotation["score"] >= cfg.SELF_TRAINING.SCORE_THRESH
+        assert "emb" not in annotation
+    assert per_image and max(per_image.values()) <= cfg.SELF_TRAINING.MAX_PER_IMAGE
+    scores = [a["score"] for a in data["annotations"] if a["image_id"] == 1]
+    assert scores == sorted(scores, reverse=True)
+
+    # Round 1 learned embeddings from the proposals; round 2 trained on round 1's predictions,
+    # which have none, from the same initial weights.
+    assert _has_embedding_head(out / "round1/model_final.pth")
+    assert not _has_embedding_head(out / "round2/model_final.pth")
+    assert (out / "round2/inference/synthetic_val/class_agnostic_metrics.json").is_file()
+
+    outputs = [out / "round1/model_final.pth", pseudo, out / "round2/model_final.pth"]
+    stamps = [p.stat().st_mtime_ns for p in outputs]
+    run_self_training(cfg, resume=True)
+    assert [p.stat().st_mtime_ns for p in outputs] == stamps
+
+
+def test_score_threshold_and_top_k_select_predictions():
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    for i in range(4):
+        masks[i, i : i + 2, 1:5] = True
+    instances = Instances((8, 8))
+    instances.pred_masks = masks
+    instances.scores = torch.tensor([0.2, 0.9, 0.5, 0.4])
+    instances.pred_embs = torch.arange(8, dtype=torch.float32).view(4, 2)
+    annotations = predictions_to_annotations(instances, score_thresh=0.3, max_per_image=2)
+    assert [a["score"] for a in annotations] == pytest.approx([0.9, 0.5])
+    assert [a["emb"] for a in annotations] == [[2.0, 3.0], [4.0, 5.0]]
+    assert annotations[0]["bbox"] == [1.0, 1.0, 4.0, 2.0]
+    np.testing.assert_array_equal(rle_to_mask(annotations[1]["segmentation"]), masks[2].numpy())

@@ -1,0 +1,211 @@
+"""FreeSOLO / SOLOv2 loss terms on tiny tensors with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import uis_d2  # noqa: F401
+
+# isort: split
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+
+from uis_d2.config import get_cfg
+from uis_d2.modeling.solov2.color import rgb_to_lab
+from uis_d2.modeling.solov2.losses import (
+    DICE_EPS,
+    LossWeights,
+    dice_loss,
+    embedding_loss,
+    neighbour_offsets,
+    pairwise_affinity_loss,
+    pairwise_warmup,
+    projection_dice_losses,
+    sigmoid_focal_loss_sum,
+    solov2_losses,
+)
+from uis_d2.modeling.solov2.targets import GridTargets
+
+
+def test_dice_hand_value_and_perfect_prediction():
+    pred = torch.tensor([[1.0, 0.0]])
+    target = torch.tensor([[1.0, 1.0]])
+    assert dice_loss(pred, target).item() == pytest.approx(1 - 2 / (3 + DICE_EPS))
+    perfect = torch.tensor([[0.2, 0.9, 0.0]])
+    assert dice_loss(perfect, perfect).item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_projection_dice_hand_values():
+    pred = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    avg, peak = projection_dice_losses(pred, target)
+    # avg over x: pred (0.5, 0) vs target (1, 0) -> 1 - 1/1.25; over y: (0.5, 0) vs (0.5, 0.5)
+    # -> 1 - 0.5/0.75. max over x: equal -> 0; over y: (1, 0) vs (1, 1) -> 1 - 2/3.
+    assert avg.item() == pytest.approx(0.2 + 1 / 3, abs=2e-3)
+    assert peak.item() == pytest.approx(1 / 3, abs=2e-3)
+    avg, peak = projection_dice_losses(target, target)
+    assert avg.item() == pytest.approx(0.0, abs=2e-3) and peak.item() == pytest.approx(
+        0.0, abs=2e-3
+    )
+
+
+def test_projections_ignore_what_the_projection_cannot_see():
+    # Max projections of a filled box and of its outline are equal: the weak loss is box-level.
+    box = torch.zeros(1, 6, 6)
+    box[0, 1:5, 1:5] = 1.0
+    outline = box.clone()
+    outline[0, 2:4, 2:4] = 0.0
+    _, peak = projection_dice_losses(outline, box)
+    assert peak.item() == pytest.approx(0.0, abs=1e-3)
+
+
+def uniform_lab(height: int, width: int) -> torch.Tensor:
+    return torch.zeros(1, 3, height, width)
+
+
+def full_box(height: int, width: int) -> torch.Tensor:
+    return torch.tensor([[0.0, 0.0, float(width), float(height)]])
+
+
+def test_pairwise_hand_value_on_constant_logits():
+    # Every pair has p = 0.75: -log(0.75^2 + 0.25^2) = -log(0.625).
+    logits = torch.full((1, 3, 3), math.log(3.0))
+    loss = pairwise_affinity_loss(logits, uniform_lab(3, 3), torch.tensor([0]), full_box(3, 3), 0.3)
+    assert loss.item() == pytest.approx(-math.log(0.625), rel=1e-5)
+
+
+def test_pairwise_is_finite_and_large_for_confident_disagreement():
+    logits = torch.full((1, 4, 4), 100.0)
+    logits[0, :, 2:] = -100.0
+    loss = pairwise_affinity_loss(logits, uniform_lab(4, 4), torch.tensor([0]), full_box(4, 4), 0.3)
+    assert torch.isfinite(loss) and loss.item() > 10
+
+
+def test_pairwise_ignores_pixels_outside_the_box():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 8, 8, generator=gen) * 10  # noisy everywhere...
+    logits[0, 2:6, 2:6] = 10.0  # ...except a confident, consistent box interior
+    box = torch.tensor([[2.0, 2.0, 6.0, 6.0]])
+    loss = pairwise_affinity_loss(logits, uniform_lab(8, 8), torch.tensor([0]), box, 0.3)
+    assert loss.item() < 1e-3
+    everywhere = pairwise_affinity_loss(
+        logits, uniform_lab(8, 8), torch.tensor([0]), full_box(8, 8), 0.3
+    )
+    assert everywhere.item() > 1.0
+
+
+def test_pairwise_ignores_pairs_of_dissimilar_colour():
+    # Left half black, right half white; the prediction splits the image along that edge.
+    rgb = torch.zeros(1, 3, 6, 6)
+    rgb[..., 3:] = 1.0
+    lab = rgb_to_lab(rgb)
+    logits = torch.full((1, 6, 6), -10.0)
+    logits[0, :, 3:] = 10.0
+    split = pairwise_affinity_loss(logits, lab, torch.tensor([0]), full_box(6, 6), 0.3)
+    assert split.item() < 1e-3
+    same_colour = pairwise_affinity_loss(
+        logits, uniform_lab(6, 6), torch.tensor([0]), full_box(6, 6), 0.3
+    )
+    assert same_colour.item() > 1.0
+
+
+def test_neighbour_offsets_cover_each_unordered_pair_once():
+    offsets = neighbour_offsets(3, 2)
+    assert len(offsets) == 4
+    full = {(dy, dx) for dy in (-2, 0, 2) for dx in (-2, 0, 2)} - {(0, 0)}
+    assert set(offsets) | {(-dy, -dx) for dy, dx in offsets} == full
+
+
+def test_rgb_to_lab_reference_colours():
+    colours = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    lab = rgb_to_lab(colours.T[None, :, :, None])[0, :, :, 0].T
+    assert lab[0].tolist() == pytest.approx([100.0, 0.0, 0.0], abs=0.01)
+    assert lab[1].tolist() == pytest.approx([0.0, 0.0, 0.0], abs=0.01)
+    assert lab[2].tolist() == pytest.approx([53.24, 80.09, 67.20], abs=0.05)
+
+
+def test_focal_hand_values():
+    zero = torch.tensor([0.0])
+    fg = sigmoid_focal_loss_sum(zero, torch.tensor([1.0]), alpha=0.25, gamma=2.0)
+    bg = sigmoid_focal_loss_sum(zero, torch.tensor([0.0]), alpha=0.25, gamma=2.0)
+    assert fg.item() == pytest.approx(0.25 * 0.25 * math.log(2))
+    assert bg.item() == pytest.approx(0.75 * 0.25 * math.log(2))
+    confident = sigmoid_focal_loss_sum(torch.tensor([20.0]), torch.tensor([1.0]), 0.25, 2.0)
+    assert confident.item() < 1e-10
+
+
+def test_embedding_loss_is_one_minus_cosine():
+    pred = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    target = torch.tensor([[0.0, 3.0], [-1.0, 0.0], [5.0, 0.0]])
+    assert embedding_loss(pred, target).tolist() == pytest.approx([1.0, 2.0, 0.0])
+
+
+def test_pairwise_warmup_reads_the_trainer_iteration():
+    assert pairwise_warmup(1000) == 1.0  # no trainer
+    with EventStorage(250):
+        assert pairwise_warmup(1000) == pytest.approx(0.25)
+    with EventStorage(5000):
+        assert pairwise_warmup(1000) == 1.0
+    with EventStorage(0):
+        assert pairwise_warmup(0) == 1.0
+
+
+def one_positive_targets(embedding: torch.Tensor | None) -> GridTargets:
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1:3, 1:3] = 1.0
+    return GridTargets(
+        labels=torch.tensor([[0, 1, 1]]),
+        pos_image=torch.tensor([0]),
+        pos_cell=torch.tensor([0]),
+        mask_targets=mask,
+        boxes=torch.tensor([[1.0, 1.0, 3.0, 3.0]]),
+        embeddings=embedding,
+        has_embedding=torch.tensor([embedding is not None]),
+    )
+
+
+def test_solov2_losses_weights_and_keys():
+    weights = LossWeights.from_config(get_cfg())
+    targets = one_positive_targets(torch.tensor([[0.0, 1.0]]))
+    perfect = torch.where(targets.mask_targets > 0, 20.0, -20.0)
+    cate = torch.tensor([[[20.0], [-20.0], [-20.0]]])
+    embed = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    losses = solov2_losses(weights, cate, perfect, embed, targets, torch.zeros(1, 3, 4, 4))
+    assert set(losses) == {
+        "loss_focal",
+        "loss_avg_proj",
+        "loss_max_proj",
+        "loss_pairwise",
+        "loss_sem",
+    }
+    for key in ("loss_focal", "loss_avg_proj", "loss_max_proj", "loss_pairwise"):
+        assert losses[key].item() == pytest.approx(0.0, abs=1e-3), key
+    assert losses["loss_sem"].item() == pytest.approx(4.0)  # beta x (1 - cos 90 deg)
+
+
+def test_semantic_loss_is_a_graph_connected_zero_without_embeddings():
+    weights = LossWeights.from_config(get_cfg())
+    targets = one_positive_targets(None)
+    embed = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    logits = torch.zeros(1, 4, 4)
+    losses = solov2_losses(
+        weights, torch.zeros(1, 3, 1), logits, embed, targets, torch.zeros(1, 3, 4, 4)
+    )
+    assert losses["loss_sem"].item() == 0.0
+    losses["loss_sem"].backward()
+    assert embed.grad is not None and torch.equal(embed.grad, torch.zeros(1, 2))
+
+
+def test_embedding_dimension_mismatch_names_the_config_key():
+    weights = LossWeights.from_config(get_cfg())
+    targets = one_positive_targets(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="EMBED_DIM"):
+        solov2_losses(
+            weights,
+            torch.zeros(1, 3, 1),
+            torch.zeros(1, 4, 4),
+            torch.zeros(1, 2),
+            targets,
+            torch.zeros(1, 3, 4, 4),
+        )

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train SOLOv2 on pseudo-masks (with FreeSOLO self-training rounds), or evaluate a model.
+
+    tools/train_net.py --config-file configs/coco/solov2_R101_densecl_engstler.yaml
+    tools/train_net.py --config-file CFG --num-gpus 4 [--resume] [KEY VALUE ...]
+    tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/round1/model_final.pth
+
+Training writes OUTPUT_DIR/round{r}/ per round (r = 1..SELF_TRAINING.ROUNDS): checkpoints,
+metrics.json, TensorBoard events, inference/<dataset>/class_agnostic_{predictions,metrics}.json,
+and, before a further round, pseudo_labels.json. ``--resume`` continues an interrupted run.
+On CPU, ``--num-gpus N`` starts N processes with the gloo backend.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uis_d2  # noqa: F401  (compat fixes before detectron2)
+
+# isort: split
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, default_setup
+
+from uis_d2.config import load_config
+from uis_d2.config.loading import ConfigError
+from uis_d2.engine import Trainer, check_runtime, run_self_training
+from uis_d2.engine.embed_dim import with_embed_dim
+from uis_d2.engine.trainer import register_configured_pseudo_labels
+from uis_d2.utils.launch import launch
+
+
+def setup(args) -> CfgNode:
+    """Config from file + overrides, checked, logged and saved.
+
+    For training, EMBED_DIM 0 stays 0 here: each self-training round reads it from its own
+    pseudo-labels (and saves its resolved config as round{r}/config.yaml).
+    """
+    cfg = load_config(args.config_file, args.opts)
+    check_runtime(cfg)
+    register_configured_pseudo_labels(cfg)
+    if args.eval_only:
+        cfg = with_embed_dim(cfg, required=False)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    return run_self_training(cfg, resume=args.resume)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = default_argument_parser().parse_args(argv)
+    try:
+        # Checked once here so that a bad config fails before any process is spawned.
+        check_runtime(load_config(args.config_file, args.opts))
+    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+        sys.exit(f"error: {err}")
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,565 @@
+"""Validation of ground-truth and pseudo-label COCO json files before anything trains on them.
+
+A malformed annotation file otherwise surfaces hours into training as a shape error inside a
+data-loader worker, or never (boxes silently in the wrong convention). This pass collects every
+problem (up to a cap, all of them counted) and names the file, the annotation or image id and the
+field of each.
+
+Cost: everything is O(file size) with cheap per-annotation checks. Masks are never decoded to
+pixels: compressed RLE strings are parsed to their run lengths by vectorised numpy passes over
+all annotations at once (``rle_string_totals``), which proves them decodable (valid characters,
+no dangling continuation, non-negative runs summing exactly to the ``size`` field's h*w);
+pycocotools' ``toBbox`` then yields the mask boxes in C, but only for RLEs that passed, because
+its decoder does not bounds-check corrupt counts. Uncompressed (list) counts are checked the same
+way (non-negative ints summing to h*w). The garbage collector is paused while loading and checking:
+the millions of small json objects hold no reference cycles, and its repeated full scans of them
+otherwise dominate the run time.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+KINDS = ("auto", "gt", "pseudo")
+# Boxes may overshoot the image by float rounding (COCO has x + w = 640.01); masks are pixel-exact.
+BOX_TOLERANCE_PX = 1.0
+XYXY_HINT = "boxes look like x1y1x2y2 (COCO needs x,y,w,h; the known FreeSOLO export bug)"
+# Longest run-length character group pycocotools can emit for a 32-bit count (7 x 5 bits).
+_MAX_RLE_GROUP_CHARS = 7
+# Characters parsed per vectorised pass (a few hundred MB of temporaries at most).
+_CHUNK_CHARS = 4_000_000
+
+
+class AnnotationError(ValueError):
+    """A COCO json with problems; the message lists them (file, id, field)."""
+
+    def __init__(self, report: ValidationReport):
+        super().__init__(
+            f"{report.path}: {report.num_problems} problem(s) in COCO json:\n{report.details()}"
+        )
+        self.report = report
+
+
+@dataclass
+class ValidationReport:
+    """Counts of what was checked plus the problems found (``problems`` is capped)."""
+
+    path: str
+    kind: str = "gt"
+    num_images: int = 0
+    num_annotations: int = 0
+    num_categories: int = 0
+    num_images_without_annotations: int = 0
+    embedding_dim: int | None = None
+    problems: list[str] = field(default_factory=list)
+    num_problems: int = 0
+    max_problems: int = 100
+
+    @property
+    def ok(self) -> bool:
+        return self.num_problems == 0
+
+    def add(self, problem: str) -> None:
+        self.num_problems += 1
+        if len(self.problems) < self.max_problems:
+            self.problems.append(problem)
+
+    def raise_if_problems(self) -> None:
+        if not self.ok:
+            raise AnnotationError(self)
+
+    def details(self) -> str:
+        """One line per kept problem, plus how many more were counted."""
+        lines = [f"  - {problem}" for problem in self.problems]
+        if self.num_problems > len(self.problems):
+            lines.append(f"  ... and {self.num_problems - len(self.problems)} more")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        emb = f", embedding dim {self.embedding_dim}" if self.embedding_dim else ""
+        return (
+            f"{self.path} ({self.kind}): {self.num_images} images, {self.num_annotations} "
+            f"annotations, {self.num_categories} categories, {self.num_images_without_annotations}"
+            f" images without annotations{emb}; {self.num_problems} problem(s)"
+        )
+
+
+def validate_coco_json(
+    path: str | Path,
+    images_dir: str | Path | None = None,
+    kind: str = "auto",
+    max_problems: int = 100,
+    progress: bool = False,
+) -> ValidationReport:
+    """Check a COCO json file and report every problem (does not raise for content problems).
+
+    ``kind``: "gt" requires categories, "pseudo" requires a score per annotation, "auto" picks
+    "pseudo" when annotations carry scores. ``images_dir``: also check the image files exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO json not found: {path}")
+    report = ValidationReport(path=str(path), max_problems=max_problems)
+    with _gc_paused():
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            report.add(f"not valid json ({exc})")
+            return report
+        return validate_coco_dict(data, report, images_dir, kind, progress)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def check_coco_json(
+    path: str | Path, images_dir: str | Path | None = None, kind: str = "auto"
+) -> ValidationReport:
+    """``validate_coco_json`` that raises one AnnotationError listing all problems."""
+    report = validate_coco_json(path, images_dir=images_dir, kind=kind)
+    report.raise_if_problems()
+    return report
+
+
+def validate_coco_dict(
+    data: Any,
+    report: ValidationReport,
+    images_dir: str | Path | None = None,
+    kind: str = "auto",
+    progress: bool = False,
+) -> ValidationReport:
+    """Check an already-loaded COCO dict, adding problems and counts to ``report``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(data, dict):
+        report.add(f"top level must be a json object, got {type(data).__name__}")
+        return report
+    images = _required_list(data, "images", report)
+    annotations = _required_list(data, "annotations", report)
+    if kind == "auto":
+        kind = "pseudo" if any(isinstance(a, dict) and "score" in a for a in annotations) else "gt"
+    report.kind = kind
+    categories = data.get("categories")
+    if categories is None and kind == "gt":
+        report.add("missing top-level key 'categories' (required for ground truth)")
+    category_ids = _check_categories(categories, report) if categories is not None else None
+
+    if data.get("images") == []:
+        report.add("'images' is empty")
+    image_sizes = _check_images(images, images_dir, report)
+    if data.get("annotations") == []:
+        report.add("'annotations' is empty")
+    _AnnotationChecker(image_sizes, category_ids, kind, report).run(annotations, progress)
+    return report
+
+
+def _required_list(data: dict, key: str, report: ValidationReport) -> list:
+    value = data.get(key)
+    if value is None:
+        report.add(f"missing top-level key '{key}'")
+        return []
+    if not isinstance(value, list):
+        report.add(f"top-level '{key}' must be a list, got {type(value).__name__}")
+        return []
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_categories(categories: Any, report: ValidationReport) -> set[int]:
+    if not isinstance(categories, list):
+        report.add(f"top-level 'categories' must be a list, got {type(categories).__name__}")
+        return set()
+    report.num_categories = len(categories)
+    ids: set[int] = set()
+    for index, category in enumerate(categories):
+        cat_id = category.get("id") if isinstance(category, dict) else None
+        where = f"category #{index} (id={cat_id})"
+        if not _is_int(cat_id):
+            report.add(f"{where}: field 'id' must be an int")
+            continue
+        if cat_id in ids:
+            report.add(f"{where}: field 'id' is duplicated")
+        ids.add(cat_id)
+        if not isinstance(category.get("name"), str):
+            report.add(f"{where}: field 'name' must be a string")
+    return ids
+
+
+def _check_images(
+    images: list, images_dir: str | Path | None, report: ValidationReport
+) -> dict[Any, tuple[int, int]]:
+    """Returns {image id: (height, width)} for images with a usable id and size."""
+    report.num_images = len(images)
+    if images_dir is not None and not Path(images_dir).is_dir():
+        report.add(f"images_dir not found: {images_dir}")
+        images_dir = None
+    sizes: dict[Any, tuple[int, int]] = {}
+    seen_ids: set = set()
+    file_owner: dict[str, Any] = {}
+    for index, image in enumerate(images):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        where = f"image #{index} (id={image_id})"
+        if not _is_int(image_id):
+            report.add(f"{where}: field 'id' must be an int")
+            continue
+        if image_id in seen_ids:
+            report.add(f"{where}: field 'id' is duplicated")
+        seen_ids.add(image_id)
+        height, width = image.get("height"), image.get("width")
+        size_ok = True
+        for name, value in (("height", height), ("width", width)):
+            if not _is_int(value) or value <= 0:
+                report.add(f"{where}: field '{name}' must be a positive int, got {value!r}")
+                size_ok = False
+        if size_ok:
+            sizes[image_id] = (height, width)
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            report.add(f"{where}: field 'file_name' must be a non-empty string")
+            continue
+        if file_name in file_owner:
+            report.add(
+                f"{where}: field 'file_name' {file_name!r} repeats image id={file_owner[file_name]}"
+            )
+        file_owner[file_name] = image_id
+        if images_dir is not None and not os.path.isfile(os.path.join(images_dir, file_name)):
+            report.add(f"{where}: field 'file_name': image file not found in {images_dir}")
+    return sizes
+
+
+class _AnnotationChecker:
+    """Per-annotation scalar checks in one loop; masks, boxes and embeddings checked in batch."""
+
+    def __init__(
+        self,
+        image_sizes: dict[Any, tuple[int, int]],
+        category_ids: set[int] | None,
+        kind: str,
+        report: ValidationReport,
+    ):
+        self.image_sizes = image_sizes
+        self.category_ids = category_ids
+        self.kind = kind
+        self.report = report
+        self.annotated_images: set = set()
+        # Collected for the batch checks: annotation label, image size, and the value.
+        self.rle_strings: list[tuple[str, tuple[int, int], str]] = []
+        self.rle_lists: list[tuple[str, tuple[int, int], list]] = []
+        self.boxes: list[tuple[str, tuple[int, int], list[float]]] = []
+        self.embs: list[tuple[str, list]] = []
+
+    def run(self, annotations: list, progress: bool) -> None:
+        self.report.num_annotations = len(annotations)
+        seen_ids: set = set()
+        for index, ann in enumerate(
+            tqdm(annotations, desc="annotations", unit="ann", disable=not progress, mininterval=1)
+        ):
+            ann_id = ann.get("id") if isinstance(ann, dict) else None
+            where = f"annotation #{index} (id={ann_id})"
+            if not isinstance(ann, dict):
+                self.report.add(f"{where}: must be a json object")
+                continue
+            if not _is_int(ann_id):
+                self.report.add(f"{where}: field 'id' must be an int")
+            elif ann_id in seen_ids:
+                self.report.add(f"{where}: field 'id' is duplicated")
+            seen_ids.add(ann_id)
+            self._check_one(ann, where)
+        self.report.num_images_without_annotations = len(
+            set(self.image_sizes) - self.annotated_images
+        )
+        boxes_by_label = self._check_masks()
+        self._check_boxes(boxes_by_label)
+        self._check_embeddings()
+
+    def _check_one(self, ann: dict, where: str) -> None:
+        add = self.report.add
+        image_id = ann.get("image_id")
+        size = self.image_sizes.get(image_id) if _is_int(image_id) else None
+        if size is None:
+            add(f"{where}: field 'image_id' {image_id!r} is not a known image with a valid size")
+        else:
+            self.annotated_images.add(image_id)
+        category_id = ann.get("category_id")
+        if not _is_int(category_id):
+            add(f"{where}: field 'category_id' must be an int, got {category_id!r}")
+        elif self.category_ids is not None and category_id not in self.category_ids:
+            add(f"{where}: field 'category_id' {category_id} is not a known category")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            add(f"{where}: field 'iscrowd' must be 0 or 1, got {ann.get('iscrowd')!r}")
+        area = ann.get("area")
+        if not _is_finite_number(area) or area < 0:
+            add(f"{where}: field 'area' must be a finite number >= 0, got {area!r}")
+        if "score" in ann or self.kind == "pseudo":
+            score = ann.get("score")
+            if not _is_finite_number(score) or not 0.0 <= score <= 1.0:
+                add(f"{where}: field 'score' must be a number in [0, 1], got {score!r}")
+        if "emb" in ann:
+            emb = ann["emb"]
+            if isinstance(emb, list) and emb:
+                self.embs.append((where, emb))
+            else:
+                add(f"{where}: field 'emb' must be a non-empty list of floats")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite_number, bbox))):
+            add(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        elif bbox[2] < 0 or bbox[3] < 0:
+            add(f"{where}: field 'bbox' {bbox} has a negative width or height")
+        elif size is not None:
+            self.boxes.append((where, size, bbox))
+        self._check_segmentation_structure(ann.get("segmentation"), where, size)
+
+    def _check_segmentation_structure(self, seg: Any, where: str, size: tuple | None) -> None:
+        add = self.report.add
+        if isinstance(seg, list):
+            if not seg:
+                add(f"{where}: field 'segmentation' is an empty polygon list")
+            for polygon in seg:
+                if not (
+                    isinstance(polygon, list)
+                    and len(polygon) >= 6
+                    and len(polygon) % 2 == 0
+                    and all(map(_is_finite_number, polygon))
+                ):
+                    add(
+                        f"{where}: field 'segmentation': each polygon must be a list of an even "
+                        "number (>= 6) of finite coordinates"
+                    )
+                    break
+            return
+        if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+            add(f"{where}: field 'segmentation' must be polygons or an RLE dict with size, counts")
+            return
+        rle_size = seg["size"]
+        if not (isinstance(rle_size, list) and len(rle_size) == 2 and all(map(_is_int, rle_size))):
+            add(f"{where}: field 'segmentation.size' must be [height, width], got {rle_size!r}")
+            return
+        if size is not None and tuple(rle_size) != size:
+            add(
+                f"{where}: field 'segmentation.size' {rle_size} != image size "
+                f"{list(size)} (mask of the wrong size)"
+            )
+            return
+        counts = seg["counts"]
+        if isinstance(counts, str) and counts.isascii():
+            self.rle_strings.append((where, tuple(rle_size), counts))
+        elif isinstance(counts, list):
+            self.rle_lists.append((where, tuple(rle_size), counts))
+        else:
+            add(f"{where}: field 'segmentation.counts' must be an ASCII string or a list of ints")
+
+    def _check_masks(self) -> dict[str, np.ndarray]:
+        """Check RLE counts decode to exactly h*w pixels; returns {label: mask box xywh}."""
+        add = self.report.add
+        valid: list[tuple[str, dict]] = []
+        if self.rle_strings:
+            labels, sizes, strings = zip(*self.rle_strings, strict=True)
+            well_formed, totals, negative = rle_string_totals(list(strings))
+            checked = zip(labels, sizes, strings, well_formed, totals, negative, strict=True)
+            for label, size, string, ok, total, has_negative in checked:
+                problem = _runs_problem(ok, int(total), has_negative, size)
+                if problem:
+                    add(f"{label}: field 'segmentation.counts': {problem}")
+                else:
+                    valid.append((label, {"size": list(size), "counts": string.encode("ascii")}))
+        for label, size, counts in self.rle_lists:
+            if not all(map(_is_int, counts)):
+                add(f"{label}: field 'segmentation.counts': list counts must be ints")
+                continue
+            problem = _runs_problem(True, sum(counts), min(counts, default=0) < 0, size)
+            if problem:
+                add(f"{label}: field 'segmentation.counts': {problem}")
+            else:
+                valid.append(
+                    (label, mask_utils.frPyObjects({"size": list(size), "counts": counts}, *size))
+                )
+        if not valid:
+            return {}
+        boxes = mask_utils.toBbox([rle for _, rle in valid])
+        return {label: box for (label, _), box in zip(valid, boxes, strict=True)}
+
+    def _check_boxes(self, mask_boxes: dict[str, np.ndarray]) -> None:
+        """Boxes must lie inside the image and, for RLE masks, match the mask's box."""
+        if not self.boxes:
+            return
+        labels = [label for label, _, _ in self.boxes]
+        height, width = np.array([size for _, size, _ in self.boxes], dtype=np.float64).T
+        box = np.array([bbox for _, _, bbox in self.boxes], dtype=np.float64)
+        no_mask = np.full(4, np.nan)
+        mask = np.array([mask_boxes.get(label, no_mask) for label in labels])
+        x, y, w, h = box.T
+        tol = BOX_TOLERANCE_PX
+        outside = (x < -tol) | (y < -tol) | (x + w > width + tol) | (y + h > height + tol)
+        has_mask = mask[:, 2] > 0  # False for NaN (no RLE mask) and for empty masks
+        fits_mask = np.abs(mask - box).max(axis=1) <= tol
+        as_xyxy = np.stack([x, y, w - x, h - y], axis=1)
+        fits_mask_as_xyxy = np.abs(mask - as_xyxy).max(axis=1) <= tol
+        xyxy_inside_image = (w > x) & (h > y) & (w <= width + tol) & (h <= height + tol)
+        looks_xyxy = (has_mask & fits_mask_as_xyxy & ~fits_mask) | (outside & xyxy_inside_image)
+        off_mask = has_mask & ~fits_mask & (self.kind == "pseudo")
+        for i in np.flatnonzero(outside | looks_xyxy | off_mask):
+            text = f"{labels[i]}: field 'bbox': bbox [{', '.join(f'{v:g}' for v in box[i])}]"
+            if outside[i] or looks_xyxy[i]:
+                where = f"outside the {width[i]:g}x{height[i]:g} (WxH) image"
+                text += f" {where}" if outside[i] else " in x1y1x2y2"
+                text += f"; {XYXY_HINT}" if looks_xyxy[i] else ""
+            else:
+                text += f" does not match its mask's box [{', '.join(f'{v:g}' for v in mask[i])}]"
+            self.report.add(text)
+
+    def _check_embeddings(self) -> None:
+        """Embeddings: finite numbers, one length across the file (the most common one)."""
+        if not self.embs:
+            return
+        lengths = [len(emb) for _, emb in self.embs]
+        dim = Counter(lengths).most_common(1)[0][0]
+        self.report.embedding_dim = dim
+        for (label, _), length in zip(self.embs, lengths, strict=True):
+            if length != dim:
+                self.report.add(
+                    f"{label}: field 'emb' has length {length}, expected {dim} "
+                    "(the most common length in this file)"
+                )
+        try:
+            flat = np.fromiter(
+                itertools.chain.from_iterable(emb for _, emb in self.embs),
+                dtype=np.float64,
+                count=sum(lengths),
+            )
+            finite = np.isfinite(flat)
+            if finite.all():
+                return
+            bad = set(np.searchsorted(np.cumsum(lengths), np.flatnonzero(~finite), side="right"))
+        except (TypeError, ValueError):  # a non-number somewhere: find it the slow way
+            bad = {
+                i for i, (_, emb) in enumerate(self.embs) if not all(map(_is_finite_number, emb))
+            }
+        for index in sorted(bad):
+            self.report.add(f"{self.embs[index][0]}: field 'emb' must hold only finite numbers")
+
+
+def _runs_problem(
+    well_formed: bool, total: int, has_negative: bool, size: tuple[int, int]
+) -> str | None:
+    if not well_formed:
+        return "not a valid compressed RLE string"
+    if has_negative:
+        return "RLE decodes to a negative run length"
+    if total != size[0] * size[1]:
+        return f"runs cover {total} pixels, size {list(size)} needs {size[0] * size[1]}"
+    return None
+
+
+def rle_string_runs(strings: list[str]) -> list[np.ndarray | None]:
+    """Run lengths of COCO compressed RLE strings (None where a string is malformed)."""
+    result: list[np.ndarray | None] = []
+    for chunk in _chunks(strings):
+        well_formed, runs, bounds = _parse_rle_strings(chunk)
+        pieces = np.split(runs, bounds[1:-1])
+        result += [r if ok else None for r, ok in zip(pieces, well_formed, strict=True)]
+    return result
+
+
+def rle_string_totals(strings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per string: (well formed, sum of run lengths, any negative run), without splitting."""
+    parts = []
+    for chunk in _chunks(strings):
+        well_formed, runs, bounds = _parse_rle_strings(chunk)
+        owner = np.repeat(np.arange(len(chunk)), np.diff(bounds))
+        totals = np.bincount(owner, weights=runs, minlength=len(chunk)).astype(np.int64)
+        negative = np.bincount(owner, weights=runs < 0, minlength=len(chunk)) > 0
+        parts.append((well_formed, totals, negative))
+    if not parts:
+        return np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, bool)
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+
+
+def _chunks(strings: list[str]) -> Iterator[list[str]]:
+    """Consecutive slices of about _CHUNK_CHARS characters, to bound the parser's memory."""
+    ends = np.cumsum(np.fromiter(map(len, strings), dtype=np.int64, count=len(strings)))
+    start = 0
+    while start < len(strings):
+        limit = (ends[start - 1] if start else 0) + _CHUNK_CHARS
+        stop = max(start + 1, int(np.searchsorted(ends, limit, side="right")))
+        yield strings[start:stop]
+        start = stop
+
+
+def _parse_rle_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised COCO RLE string parser: (well formed per string, all runs, run bounds).
+
+    Each run length is a little-endian group of 5-bit characters (offset 48; bit 0x20 = "more
+    follows"; bit 0x10 of the last character = negative); from the fourth run on, the value is a
+    delta against the run two places earlier. String i's runs are runs[bounds[i]:bounds[i + 1]].
+    """
+    count = len(strings)
+    string_end = np.cumsum(np.fromiter(map(len, strings), dtype=np.int64, count=count))
+    raw = np.frombuffer("".join(strings).encode("ascii"), dtype=np.uint8)
+    well_formed = np.ones(count, dtype=bool)
+    if raw.size == 0:
+        return well_formed, np.zeros(0, dtype=np.int64), np.zeros(count + 1, dtype=np.int64)
+
+    def flag(char_index: np.ndarray) -> None:
+        well_formed[np.searchsorted(string_end, char_index, side="right")] = False
+
+    flag(np.flatnonzero((raw < 48) | (raw > 48 + 63)))
+    chars = raw - np.uint8(48)  # wraps for the flagged characters; harmless below
+    group_end = (chars & 0x20) == 0
+    last_char = string_end[string_end > np.r_[0, string_end[:-1]]] - 1
+    flag(last_char[~group_end[last_char]])  # dangling continuation
+    group_end[last_char] = True  # never let a group run into the next string
+    ends = np.flatnonzero(group_end)
+    starts = np.r_[0, ends[:-1] + 1]
+    group_len = ends - starts + 1
+    flag(starts[group_len > _MAX_RLE_GROUP_CHARS])
+    values = (chars[starts] & 0x1F).astype(np.int64)
+    for k in range(1, min(int(group_len.max()), _MAX_RLE_GROUP_CHARS)):
+        longer = np.flatnonzero(group_len > k)
+        values[longer] |= (chars[starts[longer] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = (chars[ends] & 0x10) != 0
+    shift = 5 * np.minimum(group_len[negative], _MAX_RLE_GROUP_CHARS)
+    values[negative] -= np.left_shift(np.int64(1), shift)
+
+    # Undo the delta coding: runs 1, 3, 5... and runs 2, 4, 6... of a string are running sums.
+    bounds = np.r_[0, np.searchsorted(ends, string_end, side="left")]
+    first = np.repeat(bounds[:-1], np.diff(bounds))
+    index = np.arange(values.size) - first
+    odd = (index & 1) == 1
+    odd_sums = np.r_[0, np.cumsum(np.where(odd, values, 0))]
+    even_sums = np.r_[0, np.cumsum(np.where(~odd & (index >= 2), values, 0))]
+    runs = np.where(
+        index == 0,
+        values,
+        np.where(odd, odd_sums[1:] - odd_sums[first], even_sums[1:] - even_sums[first]),
+    )
+    return well_formed, runs, bounds

@@ -1,0 +1,226 @@
+"""FreeSOLO self-training: train, predict on the training images, retrain on the predictions.
+
+Round r trains in OUTPUT_DIR/round{r}/ from the same initial weights (MODEL.WEIGHTS); round r > 1
+learns from round r-1's confident predictions (score >= SELF_TRAINING.SCORE_THRESH), written
+as OUTPUT_DIR/round{r-1}/pseudo_labels.json in the proposals' pseudo-label format. With
+``resume``, finished rounds (final model, plus pseudo-labels when a later round needs them) are
+skipped and a partly trained round continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+from detectron2.structures import Instances
+from detectron2.utils import comm
+from torch import nn
+
+from uis_d2.data.datasets import load_json_file, register_pseudo_labels
+from uis_d2.data.mapper import PseudoMaskDatasetMapper
+from uis_d2.engine.embed_dim import with_embed_dim
+from uis_d2.engine.trainer import Trainer
+from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
+from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
+
+logger = logging.getLogger(__name__)
+
+PSEUDO_LABELS_FILE = "pseudo_labels.json"
+FINAL_MODEL_FILE = "model_final.pth"
+
+
+def round_dir(output_dir: str | Path, round_index: int) -> Path:
+    return Path(output_dir) / f"round{round_index}"
+
+
+def pseudo_dataset_name(round_index: int) -> str:
+    """Registered name of round ``round_index``'s predictions (the next round's training set)."""
+    return f"uis_self_training_round{round_index}"
+
+
+def predictions_to_annotations(
+    instances: Instances, score_thresh: float, max_per_image: int
+) -> list[dict[str, Any]]:
+    """Confident predictions of one image as pseudo-label annotations (without ids).
+
+    Embeddings are kept when the model predicts them (``pred_embs``), so a later round can
+    train its embedding head on them; otherwise the annotations carry none.
+    """
+    instances = instances.to("cpu")
+    scores = instances.scores.numpy()
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= score_thresh][:max_per_image]
+    masks = instances.pred_masks[order].numpy().astype(bool)
+    embs = instances.pred_embs[order].tolist() if instances.has("pred_embs") else None
+    annotations = []
+    for i, (mask, score) in enumerate(zip(masks, scores[order], strict=True)):
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        annotation = {
+            "category_id": 1,
+            "iscrowd": 0,
+            "segmentation": mask_to_rle(mask),
+            "bbox": mask_to_box_xywh(mask),
+            "area": area,
+            "score": float(score),
+        }
+        if embs is not None:
+            annotation["emb"] = embs[i]
+        annotations.append(annotation)
+    return annotations
+
+
+class PseudoLabelWriter(DatasetEvaluator):
+    """Collects a model's confident predictions and writes them as a pseudo-label json.
+
+    A ``DatasetEvaluator`` so that detectron2's ``inference_on_dataset`` supplies the loop,
+    the progress log and the gathering across processes.
+    """
+
+    def __init__(
+        self,
+        output_json: str | Path,
+        score_thresh: float,
+        max_per_image: int,
+        info: dict[str, Any],
+    ):
+        self._output_json = Path(output_json)
+        self._score_thresh = score_thresh
+        self._max_per_image = max_per_image
+        self._info = info
+        self._records: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self._records = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for item, output in zip(inputs, outputs, strict=True):
+            self._records.append(
+                {
+                    "file_name": item["file_name"],
+                    "height": item["height"],
+                    "width": item["width"],
+                    "annotations": predictions_to_annotations(
+                        output["instances"], self._score_thresh, self._max_per_image
+                    ),
+                }
+            )
+
+    def evaluate(self) -> dict[str, Any]:
+        comm.synchronize()
+        records = list(itertools.chain(*comm.gather(self._records, dst=0)))
+        if comm.is_main_process():
+            coco = _to_coco(records, self._info)
+            atomic_write_json(self._output_json, coco)
+            logger.info(
+                f"Wrote {len(coco['annotations'])} pseudo-masks on {len(coco['images'])} "
+                f"images to {self._output_json}"
+            )
+        comm.synchronize()
+        return {}
+
+
+def _to_coco(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+    """COCO json with file names relative to the images' common folder (kept in ``info``)."""
+    records = sorted(records, key=lambda r: r["file_name"])
+    image_root = os.path.commonpath([os.path.dirname(r["file_name"]) for r in records] or ["."])
+    images, annotations = [], []
+    for image_id, record in enumerate(records, start=1):
+        images.append(
+            {
+                "id": image_id,
+                "file_name": os.path.relpath(record["file_name"], image_root),
+                "height": record["height"],
+                "width": record["width"],
+            }
+        )
+        for annotation in record["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
+    return {
+        "info": {**info, "image_root": image_root},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "object"}],
+    }
+
+
+def write_pseudo_labels(
+    cfg: CfgNode, model: nn.Module, dataset_names: list[str], output_json: str | Path, info: dict
+) -> None:
+    """Predict on every image of ``dataset_names`` (with or without pseudo-masks) and write the
+    confident predictions to ``output_json``."""
+    dicts = get_detection_dataset_dicts(dataset_names, filter_empty=False)
+    loader = build_detection_test_loader(
+        dicts,
+        mapper=PseudoMaskDatasetMapper(cfg, is_train=False),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+    writer = PseudoLabelWriter(
+        output_json,
+        cfg.SELF_TRAINING.SCORE_THRESH,
+        cfg.SELF_TRAINING.MAX_PER_IMAGE,
+        {
+            **info,
+            "description": "uis_d2 self-training pseudo-labels",
+            "score_thresh": cfg.SELF_TRAINING.SCORE_THRESH,
+            "max_per_image": cfg.SELF_TRAINING.MAX_PER_IMAGE,
+            "source_datasets": list(dataset_names),
+        },
+    )
+    inference_on_dataset(model, loader, writer)
+
+
+def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:
+    model = Trainer.build_model(with_embed_dim(cfg))
+    DetectionCheckpointer(model).load(str(weights))
+    return model
+
+
+def run_self_training(cfg: CfgNode, resume: bool = False) -> Any:
+    """Train SELF_TRAINING.ROUNDS rounds; returns the last round's ``Trainer.train()`` value
+    (None when that round was already finished)."""
+    rounds = cfg.SELF_TRAINING.ROUNDS
+    train_datasets = list(cfg.DATASETS.TRAIN)
+    result = None
+    for r in range(1, rounds + 1):
+        out = round_dir(cfg.OUTPUT_DIR, r)
+        round_cfg = cfg.clone()
+        round_cfg.defrost()
+        round_cfg.OUTPUT_DIR = str(out)
+        round_cfg.DATASETS.TRAIN = tuple(train_datasets)
+        round_cfg = with_embed_dim(round_cfg)
+        round_cfg.freeze()
+        if comm.is_main_process():  # the exact settings of this round, for --eval-only later
+            atomic_write_bytes(out / "config.yaml", round_cfg.dump().encode("utf-8"))
+        final_model = out / FINAL_MODEL_FILE
+        pseudo_json = out / PSEUDO_LABELS_FILE
+        needs_labels = r < rounds
+
+        if resume and final_model.is_file():
+            logger.info(f"Self-training round {r}/{rounds}: already trained ({final_model})")
+        else:
+            logger.info(f"Self-training round {r}/{rounds}: training on {train_datasets}")
+            trainer = Trainer(round_cfg)
+            trainer.resume_or_load(resume=resume)
+            result = trainer.train()
+            del trainer  # frees the optimiser state and loader workers before inference
+        if not needs_labels:
+            break
+        if not (resume and pseudo_json.is_file()):
+            comm.synchronize()  # the main process has written the final model
+            model = load_trained_model(round_cfg, final_model)
+            info = {"round": r, "model": str(final_model)}
+            write_pseudo_labels(round_cfg, model, list(cfg.DATASETS.TRAIN), pseudo_json, info)
+        image_root = load_json_file(pseudo_json, "pseudo-label json")["info"]["image_root"]
+        register_pseudo_labels(pseudo_dataset_name(r), str(pseudo_json), image_root)
+        train_datasets = [pseudo_dataset_name(r)]
+    return result

@@ -1,0 +1,115 @@
+"""detectron2 DatasetEvaluator for the class-agnostic protocol.
+
+detectron2's COCOEvaluator has no class-agnostic switch and returns no AR, both of which the
+papers report; this evaluator collects COCO results and hands them to ``evaluate_agnostic``.
+(detectron2 imports are safe here: importing this module runs uis_d2/__init__, the compat fixes.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_dict
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import Instances
+from detectron2.utils import comm
+
+from uis_d2.evaluation.coco_agnostic import IOU_TYPES, evaluate_agnostic, format_metrics_table
+from uis_d2.utils.files import atomic_write_json
+from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "class_agnostic_predictions.json"
+METRICS_FILE = "class_agnostic_metrics.json"
+
+
+def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict[str, Any]]:
+    """One COCO result per predicted instance; the box comes from the mask if there is none."""
+    if not instances.has("pred_masks"):
+        raise ValueError("ClassAgnosticEvaluator needs 'pred_masks' in the model's Instances")
+    instances = instances.to("cpu")
+    masks = instances.pred_masks.numpy()
+    if masks.dtype != bool:
+        masks = masks >= 0.5  # soft masks: the usual 0.5 binarisation
+    scores = instances.scores.tolist() if instances.has("scores") else [1.0] * len(instances)
+    if instances.has("pred_boxes"):
+        xyxy = instances.pred_boxes.tensor.numpy().astype(np.float64)
+        boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).tolist()
+    else:
+        boxes = [mask_to_box_xywh(mask) for mask in masks]
+    return [
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "segmentation": mask_to_rle(mask),
+            "bbox": box,
+            "score": float(score),
+        }
+        for mask, box, score in zip(masks, boxes, scores)
+    ]
+
+
+class ClassAgnosticEvaluator(DatasetEvaluator):
+    """Class-agnostic mask and box AP/AR on a registered dataset, percentages.
+
+    Ground truth: the dataset's ``json_file`` metadata when present, else its dataset dicts
+    converted to COCO (needs ``thing_classes``, like detectron2's own conversion).
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str | Path | None = None,
+        distributed: bool = True,
+        backend: str = "pycocotools",
+    ) -> None:
+        self._dataset_name = dataset_name
+        self._output_dir = Path(output_dir) if output_dir is not None else None
+        self._distributed = distributed
+        self._backend = backend
+        self._predictions: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for item, output in zip(inputs, outputs):
+            self._predictions.extend(
+                instances_to_coco_results(output["instances"], item["image_id"])
+            )
+
+    def evaluate(self) -> OrderedDict[str, dict[str, float]]:
+        predictions = self._predictions
+        if self._distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
+            if not comm.is_main_process():
+                return OrderedDict()
+        if not predictions:
+            logger.warning(f"{self._dataset_name}: no predictions at all; every metric is 0")
+        metrics = evaluate_agnostic(self._ground_truth(), predictions, IOU_TYPES, self._backend)
+        logger.info(
+            f"Class-agnostic results on {self._dataset_name}:\n" + format_metrics_table(metrics)
+        )
+        if self._output_dir is not None:
+            atomic_write_json(self._output_dir / PREDICTIONS_FILE, predictions)
+            atomic_write_json(self._output_dir / METRICS_FILE, metrics, indent=2)
+        return OrderedDict(metrics)
+
+    def _ground_truth(self) -> str | dict[str, Any]:
+        json_file = getattr(MetadataCatalog.get(self._dataset_name), "json_file", None)
+        if json_file:
+            return json_file
+        if not hasattr(MetadataCatalog.get(self._dataset_name), "thing_classes"):
+            raise ValueError(
+                f"dataset {self._dataset_name!r} has neither 'json_file' nor 'thing_classes' in "
+                "its metadata, so there is no ground truth to evaluate against"
+            )
+        return convert_to_coco_dict(self._dataset_name)

@@ -1,0 +1,130 @@
+"""The contract of every dense feature extractor, and the shared preprocessing.
+
+Extractors are plug-ins in ``FEATURE_EXTRACTOR_REGISTRY``, built from one extractor config node
+(``cfg.PROPOSALS.EXTRACTOR`` or ``cfg.PROPOSALS.SALIENCY.EXTRACTOR``). Every extractor maps a
+batch of normalised images to a patch grid whose cell (i, j) covers the input pixels
+``[i * stride, (i + 1) * stride) x [j * stride, (j + 1) * stride)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fvcore.common.registry import Registry
+from torch import nn
+
+FEATURE_EXTRACTOR_REGISTRY = Registry("FEATURE_EXTRACTOR")
+FEATURE_EXTRACTOR_REGISTRY.__doc__ = "Dense feature extractors, built from an extractor cfg node."
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FeatureMap:
+    """Dense features of a batch of same-size images on a regular patch grid."""
+
+    features: torch.Tensor  # (B, C, h, w)
+    stride: int  # pixels of the model input covered by one grid cell, per side
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return int(self.features.shape[-2]), int(self.features.shape[-1])
+
+
+def preprocessed_size(height: int, width: int, short_side: int, max_side: int, stride: int):
+    """Model-input size: short side -> ``short_side`` (0 keeps it), long side <= ``max_side``
+    (0 = no cap), each side then rounded to the nearest multiple of ``stride``.
+
+    Rounding by resizing (aspect change below half a patch) instead of cropping keeps every
+    original pixel inside the grid, so masks map back to the full image by a plain resize.
+    """
+    scale = 1.0
+    if short_side > 0:
+        scale = short_side / min(height, width)
+    if max_side > 0 and max(height, width) * scale > max_side:
+        scale = max_side / max(height, width)
+    new_h = max(stride, round(height * scale / stride) * stride)
+    new_w = max(stride, round(width * scale / stride) * stride)
+    return new_h, new_w
+
+
+class FeatureExtractor(nn.Module):
+    """Base class: subclasses set ``stride`` and implement ``extract``."""
+
+    stride: int
+
+    def __init__(self, node, short_side: int = 480, max_side: int = 800) -> None:
+        super().__init__()
+        self.name = str(node.NAME)
+        self.arch = str(node.ARCH)
+        self.checkpoint = str(node.CHECKPOINT)
+        self.short_side = int(short_side)
+        self.max_side = int(max_side)
+        self.checkpoint_sha256: str | None = None
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """RGB uint8 (3, H, W) -> normalised float (3, H', W') on the extractor's device."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected an RGB image tensor (3, H, W), got {tuple(image.shape)}")
+        height, width = int(image.shape[1]), int(image.shape[2])
+        size = preprocessed_size(height, width, self.short_side, self.max_side, self.stride)
+        x = image.to(self.device, torch.float32).unsqueeze(0) / 255.0
+        if size != (height, width):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return ((x - self._mean) / self._std)[0]
+
+    def forward(self, images: torch.Tensor) -> FeatureMap:
+        if images.ndim != 4 or images.shape[-2] % self.stride or images.shape[-1] % self.stride:
+            raise ValueError(
+                f"{self.name}: input {tuple(images.shape)} must be (B, 3, H, W) with H and W "
+                f"multiples of the stride {self.stride}; use preprocess()"
+            )
+        return FeatureMap(self.extract(images), self.stride)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, C, H / stride, W / stride)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: which extractor, which weights (sha256 of the checkpoint file)."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "stride": self.stride,
+        }
+
+
+def build_feature_extractor(node, short_side: int = 480, max_side: int = 800) -> FeatureExtractor:
+    """Instantiate the extractor named by ``node.NAME`` (an extractor config node)."""
+    name = node.NAME
+    if name not in FEATURE_EXTRACTOR_REGISTRY:
+        known = sorted(k for k, _ in FEATURE_EXTRACTOR_REGISTRY)
+        raise KeyError(f"extractor NAME = {name!r} is not registered; known: {known}")
+    extractor = FEATURE_EXTRACTOR_REGISTRY.get(name)(node, short_side=short_side, max_side=max_side)
+    return extractor.eval()
+
+
+def extract_features(extractor: FeatureExtractor, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per image (C, h, w) features; images of equal preprocessed size share one forward pass."""
+    inputs = [extractor.preprocess(image) for image in images]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, x in enumerate(inputs):
+        groups.setdefault(tuple(x.shape), []).append(index)
+    features: list[torch.Tensor | None] = [None] * len(images)
+    for indices in groups.values():
+        batch = extractor(torch.stack([inputs[i] for i in indices])).features
+        for i, feature in zip(indices, batch):
+            features[i] = feature
+    return features

@@ -1,0 +1,260 @@
+"""SOLOv2 / FreeSOLO losses: focal on the grid, Dice (supervised) or projection Dice + pairwise
+affinity (weak, FreeSOLO eq. 5-7), and the semantic-embedding loss (eq. 8-9).
+
+Every term is returned under its own key so the trainer logs each. Terms that have nothing to
+supervise in a batch are zeros that still touch the predictions they would use, so every
+parameter gets a (zero) gradient and DistributedDataParallel never waits for a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode
+from detectron2.utils.events import get_event_storage
+
+from uis_d2.modeling.solov2.targets import GridTargets
+
+DICE_EPS = 1e-3
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -> torch.Tensor:
+    """Per instance ``1 - 2 sum(p t) / (sum p^2 + sum t^2 + eps)`` over all but the first dim."""
+    pred = pred.flatten(1)
+    target = target.flatten(1)
+    inter = (pred * target).sum(dim=1)
+    denom = pred.square().sum(dim=1) + target.square().sum(dim=1) + eps
+    return 1.0 - 2.0 * inter / denom
+
+
+def projection_dice_losses(
+    probs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per instance (avg-projection, max-projection) Dice of (P, H, W) masks: each projects onto
+    the y axis (reduce over x) and onto the x axis (reduce over y), FreeSOLO eq. 5 and 6."""
+    avg = dice_loss(probs.mean(dim=2), targets.mean(dim=2)) + dice_loss(
+        probs.mean(dim=1), targets.mean(dim=1)
+    )
+    peak = dice_loss(probs.amax(dim=2), targets.amax(dim=2)) + dice_loss(
+        probs.amax(dim=1), targets.amax(dim=1)
+    )
+    return avg, peak
+
+
+def neighbour_offsets(size: int, dilation: int) -> list[tuple[int, int]]:
+    """Half of a size x size neighbourhood (dilated), one offset per unordered pixel pair.
+
+    The pairwise loss and its weights are symmetric in (i, j), so averaging over these offsets
+    equals averaging over all size^2 - 1 neighbours, at half the cost.
+    """
+    r = size // 2
+    return [
+        (dy * dilation, dx * dilation)
+        for dy in range(0, r + 1)
+        for dx in range(-r, r + 1)
+        if dy > 0 or dx > 0
+    ]
+
+
+def pair_views(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned views (x_i, x_j) of the last two dims where j = i + (dy, dx) lies in the map."""
+    h, w = x.shape[-2:]
+    rows_i = slice(max(0, -dy), h - max(0, dy))
+    rows_j = slice(max(0, dy), h - max(0, -dy))
+    cols_i = slice(max(0, -dx), w - max(0, dx))
+    cols_j = slice(max(0, dx), w - max(0, -dx))
+    return x[..., rows_i, cols_i], x[..., rows_j, cols_j]
+
+
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(P, H, W) bool: pixel centres inside each x1 y1 x2 y2 box (pixel units)."""
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5
+    inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])
+    inside_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def pairwise_affinity_loss(
+    mask_logits: torch.Tensor,
+    lab_images: torch.Tensor,
+    image_index: torch.Tensor,
+    boxes: torch.Tensor,
+    color_thresh: float,
+    size: int = 3,
+    dilation: int = 2,
+) -> torch.Tensor:
+    """BoxInst's pairwise term: neighbouring pixels of similar colour should agree.
+
+    For each pair, ``-log(p_i p_j + (1 - p_i)(1 - p_j))`` evaluated in log space (a logaddexp of
+    log-sigmoids, finite for any logit), averaged over the pairs whose colour similarity
+    ``exp(-||lab_i - lab_j|| / 2)`` is >= ``color_thresh`` and whose two pixels lie in the box.
+    ``lab_images`` (B, 3, H, W) are at the logits' resolution; ``image_index`` (P,) picks each
+    instance's image.
+    """
+    log_fg = F.logsigmoid(mask_logits)
+    log_bg = F.logsigmoid(-mask_logits)
+    inside = box_masks(boxes, *mask_logits.shape[-2:])
+    total = mask_logits.new_zeros(())
+    count = mask_logits.new_zeros(())
+    for dy, dx in neighbour_offsets(size, dilation):
+        lab_i, lab_j = pair_views(lab_images, dy, dx)
+        similarity = torch.exp(-torch.linalg.vector_norm(lab_i - lab_j, dim=1) * 0.5)
+        fg_i, fg_j = pair_views(log_fg, dy, dx)
+        bg_i, bg_j = pair_views(log_bg, dy, dx)
+        in_i, in_j = pair_views(inside, dy, dx)
+        weight = ((similarity[image_index] >= color_thresh) & in_i & in_j).to(mask_logits.dtype)
+        neg_log_same = -torch.logaddexp(fg_i + fg_j, bg_i + bg_j)
+        total = total + (neg_log_same * weight).sum()
+        count = count + weight.sum()
+    return total / count.clamp(min=1.0)
+
+
+def sigmoid_focal_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
+) -> torch.Tensor:
+    """Summed focal loss (Lin et al.) of independent sigmoids: easy cells weigh (1 - p_t)^gamma."""
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * ce * (1 - p_t) ** gamma).sum()
+
+
+def embedding_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per instance ``1 - cos(pred, target)`` (FreeSOLO eq. 8)."""
+    return 1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-8)
+
+
+def pairwise_warmup(warmup_iters: int) -> float:
+    """Linear ramp 0 -> 1 over the first iterations (the pairwise term is noise while the masks
+    are random); 1 outside a trainer, where there is no event storage to read."""
+    if warmup_iters <= 0:
+        return 1.0
+    try:
+        iteration = get_event_storage().iter
+    except AssertionError:
+        return 1.0
+    return min(float(iteration) / warmup_iters, 1.0)
+
+
+def zero_touching(*tensors: torch.Tensor | None) -> torch.Tensor:
+    """A zero that depends on the tensors, so their parameters still receive (zero) gradients."""
+    present = [t.sum() for t in tensors if t is not None]
+    return sum(present) * 0.0
+
+
+@dataclass
+class LossWeights:
+    """MODEL.SOLOV2.LOSS, read once."""
+
+    mode: str
+    focal_alpha: float
+    focal_gamma: float
+    focal_weight: float
+    dice_weight: float
+    avg_proj_weight: float
+    max_proj_weight: float
+    pairwise_weight: float
+    pairwise_size: int
+    pairwise_dilation: int
+    pairwise_color_thresh: float
+    pairwise_warmup_iters: int
+    sem_weight: float
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> LossWeights:
+        loss = cfg.MODEL.SOLOV2.LOSS
+        return cls(
+            mode=loss.MODE,
+            focal_alpha=loss.FOCAL_ALPHA,
+            focal_gamma=loss.FOCAL_GAMMA,
+            focal_weight=loss.FOCAL_WEIGHT,
+            dice_weight=loss.DICE_WEIGHT,
+            avg_proj_weight=loss.AVG_PROJ_WEIGHT,
+            max_proj_weight=loss.MAX_PROJ_WEIGHT,
+            pairwise_weight=loss.PAIRWISE_WEIGHT,
+            pairwise_size=loss.PAIRWISE_SIZE,
+            pairwise_dilation=loss.PAIRWISE_DILATION,
+            pairwise_color_thresh=loss.PAIRWISE_COLOR_THRESH,
+            pairwise_warmup_iters=loss.PAIRWISE_WARMUP_ITERS,
+            sem_weight=loss.SEM_WEIGHT,
+        )
+
+
+def solov2_losses(
+    weights: LossWeights,
+    cate_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    embed_preds: torch.Tensor | None,
+    targets: GridTargets,
+    lab_images: torch.Tensor | None,
+    unused_preds: tuple[torch.Tensor, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch.
+
+    cate_logits: (B, cells, C) over all levels; mask_logits: (P, Hm, Wm) of the positives;
+    embed_preds: (P, D) or None when the model has no embedding head; lab_images: (B, 3, Hm, Wm)
+    CIELab images for the pairwise term (weak mode only); unused_preds: the raw kernel and
+    embedding maps, touched when there is no positive so DDP sees their gradients.
+    """
+    num_classes = cate_logits.shape[-1]
+    onehot = F.one_hot(targets.labels, num_classes + 1)[..., :num_classes].to(cate_logits.dtype)
+    focal = sigmoid_focal_loss_sum(
+        cate_logits, onehot, weights.focal_alpha, weights.focal_gamma
+    ) / (targets.num_positives + 1)
+    losses = {"loss_focal": weights.focal_weight * focal}
+
+    if targets.num_positives == 0:
+        zero = zero_touching(mask_logits, embed_preds, *unused_preds)
+        mask_keys = (
+            ["loss_dice"]
+            if weights.mode == "supervised"
+            else ["loss_avg_proj", "loss_max_proj", "loss_pairwise"]
+        )
+        losses.update({key: zero for key in mask_keys})
+        losses["loss_sem"] = zero
+        return losses
+
+    probs = torch.sigmoid(mask_logits)
+    if weights.mode == "supervised":
+        losses["loss_dice"] = weights.dice_weight * dice_loss(probs, targets.mask_targets).mean()
+    else:
+        avg_proj, max_proj = projection_dice_losses(probs, targets.mask_targets)
+        losses["loss_avg_proj"] = weights.avg_proj_weight * avg_proj.mean()
+        losses["loss_max_proj"] = weights.max_proj_weight * max_proj.mean()
+        if lab_images is None:
+            raise ValueError("weak-mode losses need the CIELab images for the pairwise term")
+        pairwise = pairwise_affinity_loss(
+            mask_logits,
+            lab_images,
+            targets.pos_image,
+            targets.boxes,
+            weights.pairwise_color_thresh,
+            weights.pairwise_size,
+            weights.pairwise_dilation,
+        )
+        ramp = pairwise_warmup(weights.pairwise_warmup_iters)
+        losses["loss_pairwise"] = weights.pairwise_weight * ramp * pairwise
+    losses["loss_sem"] = _semantic_loss(weights.sem_weight, embed_preds, targets)
+    return losses
+
+
+def _semantic_loss(
+    sem_weight: float, embed_preds: torch.Tensor | None, targets: GridTargets
+) -> torch.Tensor:
+    """beta x mean(1 - cos) over positives whose image has embeddings; a graph-connected zero
+    when none has (or the model has no embedding head, then a plain zero)."""
+    if embed_preds is None:
+        return targets.mask_targets.new_zeros(())
+    if targets.embeddings is None or not bool(targets.has_embedding.any()):
+        return zero_touching(embed_preds)
+    if targets.embeddings.shape[1] != embed_preds.shape[1]:
+        raise ValueError(
+            f"gt_embs have dimension {targets.embeddings.shape[1]} but MODEL.SOLOV2.EMBED_DIM = "
+            f"{embed_preds.shape[1]}: set EMBED_DIM to the pseudo-labels' `emb` length"
+        )
+    keep = targets.has_embedding
+    return sem_weight * embedding_loss(embed_preds[keep], targets.embeddings[keep]).mean()

@@ -1,0 +1,199 @@
+"""Turn proposals into pseudo-label json: one shard line per image, then the merged COCO file.
+
+The merged file's bytes depend only on the shard lines and ``info``: images are ordered by id and
+annotation ids are assigned 1, 2, ... in that order, so any split of the work over processes,
+and any sequence of interruptions and resumptions, gives the same file. Numbers are rounded
+(embeddings to 4 decimals, scores and float extras to 6) to keep the files small.
+
+The merge streams: annotations go through a temporary file and never sit in memory together,
+since COCO-scale pseudo-labels with embeddings run to many gigabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from uis_d2.proposals.base import Proposals
+from uis_d2.proposals.shards import ShardDirectory, read_line
+from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
+
+EMB_DECIMALS = 4
+SCORE_DECIMALS = 6
+CATEGORIES = [{"id": 1, "name": "object"}]
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """Generators may hand back tensors on any device; the json wants plain numbers."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def proposals_to_line(
+    image_id: int, file_name: str, height: int, width: int, proposals: Proposals
+) -> dict[str, Any]:
+    """The shard line of one image; empty masks are dropped (no box, nothing to learn)."""
+    masks = to_numpy(proposals.masks).astype(bool)
+    scores = to_numpy(proposals.scores).astype(np.float64)
+    embeddings = to_numpy(proposals.embeddings).astype(np.float64)
+    extras = {name: to_numpy(values) for name, values in proposals.extras.items()}
+    _check_shapes(file_name, height, width, masks, scores, embeddings, extras)
+    annotations = []
+    for i, mask in enumerate(masks):
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        annotation = {
+            "segmentation": mask_to_rle(mask),
+            "bbox": mask_to_box_xywh(mask),
+            "area": area,
+            "score": _json_float(scores[i], SCORE_DECIMALS),
+            "emb": [_json_float(x, EMB_DECIMALS) for x in embeddings[i].tolist()],
+        }
+        annotation.update({name: _json_scalar(values[i]) for name, values in extras.items()})
+        annotations.append(annotation)
+    return {
+        "image_id": image_id,
+        "file_name": file_name,
+        "height": height,
+        "width": width,
+        "annotations": annotations,
+    }
+
+
+def skipped_line(image_id: int, file_name: str, reason: str) -> dict[str, Any]:
+    return {"image_id": image_id, "file_name": file_name, "skipped": reason}
+
+
+@dataclass
+class MergeSummary:
+    num_images: int = 0
+    num_masks: int = 0
+    masks_per_image: list[int] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def merge_shards(
+    shards: ShardDirectory, image_ids: Sequence[int], info: dict[str, Any], output: Path
+) -> MergeSummary:
+    """Write the COCO json of ``image_ids`` (every one must have a shard line) atomically.
+
+    ``info`` gets the list of skipped images added; duplicate lines of an image (a rerun racing
+    an earlier one) resolve to the first, in shard-file order.
+    """
+    index = shards.index()
+    missing = [i for i in image_ids if i not in index]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} images have no proposals in {shards.path} (first ids: {missing[:5]})"
+        )
+    summary = MergeSummary()
+    images = []
+    with tempfile.TemporaryFile(dir=output.parent) as annotations_tmp:
+        for image_id in sorted(image_ids):
+            line = read_line(*index[image_id])
+            if "skipped" in line:
+                summary.skipped.append(
+                    {
+                        "image_id": image_id,
+                        "file_name": line["file_name"],
+                        "reason": line["skipped"],
+                    }
+                )
+                continue
+            annotations = line.pop("annotations")
+            images.append({"id": image_id, **{k: v for k, v in line.items() if k != "image_id"}})
+            for annotation in annotations:
+                summary.num_masks += 1
+                record = {
+                    "id": summary.num_masks,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    **annotation,
+                }
+                annotations_tmp.write(b"," if summary.num_masks > 1 else b"")
+                annotations_tmp.write(_dumps(record))
+            summary.masks_per_image.append(len(annotations))
+        summary.num_images = len(images)
+        header = {"info": {**info, "skipped": summary.skipped}, "images": images}
+        header["categories"] = CATEGORIES
+        annotations_tmp.seek(0)
+        with atomic_binary_output(output) as out:
+            out.write(_dumps(header)[:-1] + b',"annotations":[')
+            shutil.copyfileobj(annotations_tmp, out)
+            out.write(b"]}")
+    return summary
+
+
+@contextmanager
+def atomic_binary_output(path: Path) -> Iterator[BinaryIO]:
+    """Like uis_d2.utils.files.atomic_write_bytes, for output written piece by piece."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def _json_float(value: float, decimals: int) -> float | None:
+    """Rounded, and None for NaN/inf, which strict json parsers reject."""
+    value = float(value)
+    return round(value, decimals) if np.isfinite(value) else None
+
+
+def _json_scalar(value: np.generic | np.ndarray) -> bool | int | float | None:
+    item = np.asarray(value).item()
+    if isinstance(item, float):
+        return _json_float(item, SCORE_DECIMALS)
+    return item
+
+
+def _check_shapes(
+    file_name: str,
+    height: int,
+    width: int,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    embeddings: np.ndarray,
+    extras: dict[str, np.ndarray],
+) -> None:
+    """The generator contract (base.Proposals), checked so a bug names the broken field."""
+    problems = []
+    if masks.ndim != 3 or masks.shape[1:] != (height, width):
+        problems.append(f"masks {masks.shape} should be (N, {height}, {width})")
+    n = masks.shape[0] if masks.ndim == 3 else -1
+    if scores.shape != (n,):
+        problems.append(f"scores {scores.shape} should be ({n},)")
+    if embeddings.ndim != 2 or embeddings.shape[0] != n:
+        problems.append(f"embeddings {embeddings.shape} should be ({n}, C)")
+    problems += [
+        f"extras[{name!r}] {v.shape} should be ({n},)"
+        for name, v in extras.items()
+        if v.shape != (n,)
+    ]
+    if problems:
+        raise ValueError(
+            f"proposals of {file_name} break the Proposals contract: " + "; ".join(problems)
+        )
