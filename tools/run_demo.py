@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def predictions_path(train_dir: Path, round_index: int) -> Path:
+    """Where the trainer's class-agnostic evaluator leaves round r's validation predictions."""
+    return train_dir / f"round{round_index}/inference/synthetic_val/class_agnostic_predictions.json"
+
+
 def run_step(title: str, command: list[str], done: Path) -> None:
     """Run one tool unless its output exists; a failure stops the demo with the tool's output."""
     if done.exists():
@@ -139,10 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.rounds,
         *args.train_opts,
     ]
-    predictions = train_dir / f"round{args.rounds}/inference/coco_instances_results.json"
+    predictions = predictions_path(train_dir, args.rounds)
     run_step("training + evaluation", command, predictions)
     for r in range(1, args.rounds + 1):
-        pred = train_dir / f"round{r}/inference/coco_instances_results.json"
+        pred = predictions_path(train_dir, r)
         name = "trained" if r == 1 else f"trained_round{r}"
         metrics[name] = evaluate(gt_val, pred, out / f"metrics_{name}.json")
 
@@ -166,9 +171,7 @@ def write_pictures_and_report(
     gt = json.loads(gt_val.read_text())
     panels = {"proposals": annotations_by_image(json.loads(proposals_val.read_text()))}
     for r in range(1, args.rounds + 1):
-        pred = json.loads(
-            (train_dir / f"round{r}/inference/coco_instances_results.json").read_text()
-        )
+        pred = json.loads(predictions_path(train_dir, r).read_text())
         panels[f"trained r{r} (score>=0.3)"] = annotations_by_image(pred, min_score=0.3)
     image_ids = sorted(img["id"] for img in gt["images"])[: args.num_overlays]
     overlays = write_comparison_grids(gt, panels, synthetic / "val", out / "overlays", image_ids)

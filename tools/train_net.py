@@ -21,6 +21,8 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from uis_d2.config import load_config
 from uis_d2.config.loading import ConfigError
@@ -43,6 +45,8 @@ def setup(args) -> CfgNode:
         cfg = with_embed_dim(cfg, required=False)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup configures detectron2's loggers only; the project's report the same way.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uis_d2")
     return cfg
 
 
