@@ -10,6 +10,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from training_cases import shrink_solov2
 
 from uis_d2.config import get_cfg
 from uis_d2.modeling.solov2.inference import InferenceParams, decode_image
@@ -32,20 +33,9 @@ def tiny_cfg(**overrides):
     cfg.MODEL.META_ARCHITECTURE = "SOLOv2"
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    s = cfg.MODEL.SOLOV2
-    s.INSTANCE_IN_CHANNELS = s.MASK_IN_CHANNELS = 32
-    s.INSTANCE_CHANNELS = s.MASK_CHANNELS = 32
-    s.NUM_KERNELS = s.NUM_MASKS = 32
-    s.NUM_INSTANCE_CONVS = 1
-    s.NUM_GRIDS = [8, 6, 4, 3, 2]
-    s.FPN_SCALE_RANGES = [[1, 24], [12, 48], [24, 96], [48, 192], [96, 2048]]
-    s.SCORE_THR = 0.0
-    s.UPDATE_THR = 0.0
+    shrink_solov2(cfg)
     for key, value in overrides.items():
         cfg.merge_from_list([key, value])
     return cfg

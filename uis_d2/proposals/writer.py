@@ -12,20 +12,19 @@ since COCO-scale pseudo-labels with embeddings run to many gigabytes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 from uis_d2.proposals.base import Proposals
 from uis_d2.proposals.shards import ShardDirectory, read_line
+from uis_d2.utils.files import atomic_output
 from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
 
 EMB_DECIMALS = 4
@@ -130,27 +129,11 @@ def merge_shards(
         header = {"info": {**info, "skipped": summary.skipped}, "images": images}
         header["categories"] = CATEGORIES
         annotations_tmp.seek(0)
-        with atomic_binary_output(output) as out:
+        with atomic_output(output) as out:
             out.write(_dumps(header)[:-1] + b',"annotations":[')
             shutil.copyfileobj(annotations_tmp, out)
             out.write(b"]}")
     return summary
-
-
-@contextmanager
-def atomic_binary_output(path: Path) -> Iterator[BinaryIO]:
-    """Like uis_d2.utils.files.atomic_write_bytes, for output written piece by piece."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dumps(obj: Any) -> bytes:
