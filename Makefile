@@ -17,3 +17,6 @@ demo: setup
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+coco: setup
+	bash scripts/run_coco.sh

@@ -197,3 +197,14 @@ def test_wrong_declared_layout_and_missing_file_raise_clearly(tmp_path):
         _tiny_vit(checkpoint=path, fmt="mae")
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         _tiny_vit(checkpoint=tmp_path / "absent.pth")
+
+
+def test_amp_is_set_only_for_extractors_that_support_it_and_changes_nothing_on_cpu():
+    assert build_feature_extractor(_node("PatchStats"), 32, 64, amp=True).amp is False
+    assert build_feature_extractor(_node(arch="vit_tiny_patch16_224"), 32, 64, amp=True).amp
+    extractor = _tiny_vit()
+    images = torch.randn(1, 3, 32, 32)
+    exact = extractor(images).features
+    extractor.amp = True  # bf16 autocast is for CUDA only: CPU features stay exact float32
+    features = extractor(images).features
+    assert features.dtype == torch.float32 and torch.equal(features, exact)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import uis_d2  # noqa: F401  (compat fixes and registrations before detectron2 is used)
 
@@ -54,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_checkpoints(cfg) -> None:
+    """Fail before any process starts, naming the option, when a configured checkpoint is absent."""
+    p = cfg.PROPOSALS
+    nodes = {"PROPOSALS.EXTRACTOR": p.EXTRACTOR}
+    if p.SALIENCY.ENABLED:
+        nodes["PROPOSALS.SALIENCY.EXTRACTOR"] = p.SALIENCY.EXTRACTOR
+    for key, node in nodes.items():
+        if node.CHECKPOINT and not Path(node.CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{key}.CHECKPOINT = {node.CHECKPOINT!r}: file not found")
+
+
 def run_rank(cfg, job: GenerationJob) -> None:
     setup_logger(name="uis_d2", distributed_rank=comm.get_rank())
     generate_on_this_rank(cfg, job)
@@ -62,6 +74,7 @@ def run_rank(cfg, job: GenerationJob) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
+    check_checkpoints(cfg)
     job = prepare_job(args.dataset, args.output, limit=args.limit, num_vis=args.vis)
     launch(
         run_rank,

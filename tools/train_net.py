@@ -8,7 +8,8 @@
 Training writes OUTPUT_DIR/round{r}/ per round (r = 1..SELF_TRAINING.ROUNDS): checkpoints,
 metrics.json, TensorBoard events, inference/<dataset>/class_agnostic_{predictions,metrics}.json,
 and, before a further round, pseudo_labels.json. ``--resume`` continues an interrupted run.
-On CPU, ``--num-gpus N`` starts N processes with the gloo backend.
+On CPU, ``--num-gpus N`` starts N processes with the gloo backend. Before anything starts, the
+annotation jsons of DATASETS.TRAIN and DATASETS.TEST are validated (uis_d2.data.validation).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -26,7 +26,10 @@ from detectron2.utils.logger import setup_logger
 
 from uis_d2.config import load_config
 from uis_d2.config.loading import ConfigError
+from uis_d2.data.validation import AnnotationError
 from uis_d2.engine import Trainer, check_runtime, run_self_training
+from uis_d2.engine.checkpointer import ResilientCheckpointer
+from uis_d2.engine.data_checks import validate_datasets
 from uis_d2.engine.embed_dim import with_embed_dim
 from uis_d2.engine.trainer import register_configured_pseudo_labels
 from uis_d2.utils.launch import launch
@@ -54,7 +57,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        ResilientCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
@@ -64,9 +67,13 @@ def main(args):
 def cli(argv: list[str] | None = None) -> None:
     args = default_argument_parser().parse_args(argv)
     try:
-        # Checked once here so that a bad config fails before any process is spawned.
-        check_runtime(load_config(args.config_file, args.opts))
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+        # Checked once here so that a bad config or annotation file fails before any process
+        # is spawned (and before hours of training reach the bad annotation).
+        cfg = load_config(args.config_file, args.opts)
+        check_runtime(cfg)
+        register_configured_pseudo_labels(cfg)
+        validate_datasets(cfg, train=not args.eval_only)
+    except (ConfigError, FileNotFoundError, RuntimeError, AnnotationError) as err:
         sys.exit(f"error: {err}")
     launch(
         main,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
@@ -26,6 +25,7 @@ from torch import nn
 
 from uis_d2.data.datasets import load_json_file, register_pseudo_labels
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
+from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.embed_dim import with_embed_dim
 from uis_d2.engine.trainer import Trainer
 from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
@@ -181,7 +181,7 @@ def write_pseudo_labels(
 
 def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:
     model = Trainer.build_model(with_embed_dim(cfg))
-    DetectionCheckpointer(model).load(str(weights))
+    ResilientCheckpointer(model).load(str(weights))
     return model
 
 

@@ -2,9 +2,10 @@
 
 Only what differs from the default is overridden: the data loaders (pseudo-mask mapper with
 copy-paste), the evaluator (class-agnostic COCO metrics), the embedding dimension read from the
-pseudo-labels, and DDP on CPU. Optimiser, LR schedule, AMP (``SOLVER.AMP.ENABLED``), periodic
-checkpoints and evaluation (``TEST.EVAL_PERIOD``) and the metric writers (console, metrics.json,
-TensorBoard) are detectron2's.
+pseudo-labels, DDP on CPU, and a checkpointer that resumes past a truncated checkpoint
+(checkpointer.py). Optimiser, LR schedule, AMP (``SOLVER.AMP.ENABLED``), periodic checkpoints
+and evaluation (``TEST.EVAL_PERIOD``) and the metric writers (console, metrics.json, TensorBoard)
+are detectron2's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import weakref
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from uis_d2.data.datasets import register_pseudo_labels
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
+from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.embed_dim import with_embed_dim
 from uis_d2.evaluation import ClassAgnosticEvaluator
 
@@ -58,7 +59,7 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
+        self.checkpointer = ResilientCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0

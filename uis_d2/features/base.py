@@ -53,12 +53,20 @@ def preprocessed_size(height: int, width: int, short_side: int, max_side: int, s
 
 
 class FeatureExtractor(nn.Module):
-    """Base class: subclasses set ``stride`` and implement ``extract``."""
+    """Base class: subclasses set ``stride`` and implement ``extract``.
+
+    ``amp``: run ``extract`` under bfloat16 autocast on CUDA (ignored elsewhere) when the
+    subclass declares ``supports_amp``: the ViTs, whose time is in matmuls that tensor cores
+    run several times faster in bf16, and whose keys only feed cosine affinities. Features are
+    returned in float32 either way.
+    """
 
     stride: int
+    supports_amp = False
 
     def __init__(self, node, short_side: int = 480, max_side: int = 800) -> None:
         super().__init__()
+        self.amp = False  # set by build_feature_extractor
         self.name = str(node.NAME)
         self.arch = str(node.ARCH)
         self.checkpoint = str(node.CHECKPOINT)
@@ -89,7 +97,10 @@ class FeatureExtractor(nn.Module):
                 f"{self.name}: input {tuple(images.shape)} must be (B, 3, H, W) with H and W "
                 f"multiples of the stride {self.stride}; use preprocess()"
             )
-        return FeatureMap(self.extract(images), self.stride)
+        use_amp = self.amp and images.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            features = self.extract(images)
+        return FeatureMap(features.float(), self.stride)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised -> (B, C, H / stride, W / stride)."""
@@ -106,13 +117,17 @@ class FeatureExtractor(nn.Module):
         }
 
 
-def build_feature_extractor(node, short_side: int = 480, max_side: int = 800) -> FeatureExtractor:
-    """Instantiate the extractor named by ``node.NAME`` (an extractor config node)."""
+def build_feature_extractor(
+    node, short_side: int = 480, max_side: int = 800, amp: bool = False
+) -> FeatureExtractor:
+    """Instantiate the extractor named by ``node.NAME`` (an extractor config node); ``amp``
+    (PROPOSALS.AMP) enables bf16 autocast on CUDA for extractors that support it."""
     name = node.NAME
     if name not in FEATURE_EXTRACTOR_REGISTRY:
         known = sorted(k for k, _ in FEATURE_EXTRACTOR_REGISTRY)
         raise KeyError(f"extractor NAME = {name!r} is not registered; known: {known}")
     extractor = FEATURE_EXTRACTOR_REGISTRY.get(name)(node, short_side=short_side, max_side=max_side)
+    extractor.amp = bool(amp) and extractor.supports_amp
     return extractor.eval()
 
 

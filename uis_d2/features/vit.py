@@ -20,6 +20,8 @@ class TimmViTKeys(FeatureExtractor):
     ``model_kwargs`` override timm's architecture arguments (tests build tiny ViTs with them).
     """
 
+    supports_amp = True
+
     def __init__(
         self,
         node,

@@ -46,41 +46,72 @@ class SpectralEmbedding:
     eigenvalues: torch.Tensor  # (B, m): mu_1 >= ... >= mu_m of D^-1/2 W D^-1/2
 
 
-def normalized_affinity(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, C) features -> deflated ``A'`` (B, N, N) and ``D^-1/2`` (B, N) (0 where degree 0)."""
+@dataclass
+class NcutOperator:
+    """``A' = D^-1/2 W D^-1/2 - u0 u0^T`` of B images, kept as its factors: applying it to a few
+    vectors costs one product with ``W``, and never forming ``A'`` saves four passes over the
+    (B, N, N) matrix (the dominant memory traffic of the subspace solver)."""
+
+    affinity: torch.Tensor  # (B, N, N) W
+    inv_sqrt: torch.Tensor  # (B, N) D^-1/2, 0 where the degree is 0
+    trivial: torch.Tensor  # (B, N) u0
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.inv_sqrt[:, :, None]
+        product = scale * (self.affinity @ (scale * x))
+        return product - self.trivial[:, :, None] * (self.trivial[:, None, :] @ x)
+
+    def __getitem__(self, images: torch.Tensor) -> NcutOperator:
+        return NcutOperator(self.affinity[images], self.inv_sqrt[images], self.trivial[images])
+
+    def dense(self) -> torch.Tensor:
+        matrix = self.inv_sqrt[:, :, None] * self.affinity * self.inv_sqrt[:, None, :]
+        return matrix - self.trivial[:, :, None] * self.trivial[:, None, :]
+
+
+def ncut_operator(features: torch.Tensor) -> NcutOperator:
+    """(B, N, C) features -> the deflated normalised affinity of their patch graphs."""
     f = torch.nan_to_num(features.float(), nan=0.0, posinf=0.0, neginf=0.0)
     f = F.normalize(f, dim=-1)
     affinity = (f @ f.transpose(1, 2)).clamp_min_(0)
     degree = affinity.sum(dim=-1)
     inv_sqrt = torch.where(degree > 1e-12, degree.clamp_min(1e-12).rsqrt(), 0.0)
-    normalized = inv_sqrt[:, :, None] * affinity * inv_sqrt[:, None, :]
-    trivial = F.normalize(degree.sqrt(), dim=-1)
-    normalized -= trivial[:, :, None] * trivial[:, None, :]
-    return normalized, inv_sqrt
+    return NcutOperator(affinity, inv_sqrt, F.normalize(degree.sqrt(), dim=-1))
 
 
-def _top_eigh(matrix: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    values, vectors = torch.linalg.eigh(matrix)
+def _top_eigh(operator: NcutOperator, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, vectors = torch.linalg.eigh(operator.dense())
     return values.flip(-1)[:, :m], vectors.flip(-1)[:, :, :m]
 
 
 def _top_subspace(
-    matrix: torch.Tensor, m: int, generator: torch.Generator, tol: float, max_iters: int
+    operator: NcutOperator, m: int, generator: torch.Generator, tol: float, max_iters: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Leading m eigenpairs by subspace iteration; None when the residual stays above ``tol``."""
-    batch, n, _ = matrix.shape
+    """Leading m eigenpairs by subspace iteration; None when a residual stays above ``tol``.
+
+    An image leaves the batch once its residual is below ``tol``, so the others do not keep it
+    iterating (images converge in 4 to 5 steps on a 30x30 grid, measured).
+    """
+    batch, n, _ = operator.affinity.shape
     width = min(n, m + _SUBSPACE_OVERSAMPLING)
-    start = torch.randn(batch, n, width, generator=generator).to(matrix)
+    start = torch.randn(batch, n, width, generator=generator).to(operator.affinity)
     basis = torch.linalg.qr(start).Q
+    values = start.new_zeros(batch, m)
+    vectors = start.new_zeros(batch, n, m)
+    pending = torch.arange(batch, device=start.device)
     for _ in range(max_iters):
-        image = matrix @ basis
+        image = operator @ basis
         small = basis.transpose(1, 2) @ image
         theta, rotation = torch.linalg.eigh(0.5 * (small + small.transpose(1, 2)))
         theta, rotation = theta.flip(-1), rotation.flip(-1)
         ritz, ritz_image = basis @ rotation, image @ rotation
         residual = (ritz_image - ritz * theta[:, None, :])[:, :, :m].norm(dim=1)
-        if residual.max() <= tol:
-            return theta[:, :m], ritz[:, :, :m]
+        done = residual.amax(dim=-1) <= tol
+        values[pending[done]], vectors[pending[done]] = theta[done, :m], ritz[done, :, :m]
+        if bool(done.all()):
+            return values, vectors
+        if bool(done.any()):
+            pending, operator, ritz_image = pending[~done], operator[~done], ritz_image[~done]
         basis = torch.linalg.qr(ritz_image).Q
     return None
 
@@ -96,23 +127,23 @@ def spectral_embedding(
     """The ``num_vectors`` leading non-trivial Ncut eigenvectors of each image's patch graph."""
     if solver not in SOLVERS:
         raise ValueError(f"spectral solver {solver!r} is invalid: must be one of {SOLVERS}")
-    matrix, inv_sqrt = normalized_affinity(features)
-    n = matrix.shape[1]
+    operator = ncut_operator(features)
+    n = operator.affinity.shape[1]
     m = min(num_vectors, n)
     if solver == "auto":
         solver = "eigh" if n <= _AUTO_EIGH_MAX_NODES else "subspace"
     result = None
     if solver == "subspace":
         generator = torch.Generator().manual_seed(seed)
-        result = _top_subspace(matrix, m, generator, tol, max_iters)
+        result = _top_subspace(operator, m, generator, tol, max_iters)
         if result is None:
             logger.info("subspace iteration did not converge in %d steps; using eigh", max_iters)
-    values, vectors = result if result is not None else _top_eigh(matrix, m)
+    values, vectors = result if result is not None else _top_eigh(operator, m)
     vectors = vectors * (values > _NO_STRUCTURE_EIGENVALUE)[:, None, :]
     # Fix each vector's sign (largest entry positive) so both solvers give identical output.
     peak = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True))
     vectors = vectors * torch.where(peak < 0, -1.0, 1.0)
-    return SpectralEmbedding(vectors * inv_sqrt[:, :, None], values)
+    return SpectralEmbedding(vectors * operator.inv_sqrt[:, :, None], values)
 
 
 def _sample_index(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -124,17 +155,18 @@ def _sample_index(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return index.clamp_max(weights.shape[-1] - 1)
 
 
-def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    runs, n, _ = points.shape
-    uniform = torch.rand(k, runs, generator=generator).to(points.device)
-    rows = torch.arange(runs, device=points.device)
+def _kmeans_plus_plus(points_t: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """(R, d, N) points of R runs -> (R, k, d) k-means++ seeds."""
+    runs, _, n = points_t.shape
+    uniform = torch.rand(k, runs, generator=generator).to(points_t.device)
+    rows = torch.arange(runs, device=points_t.device)
     first = (uniform[0] * n).long().clamp_max(n - 1)
-    centres = [points[rows, first]]
-    nearest = (points - centres[0][:, None]).square().sum(-1)
+    centres = [points_t[rows, :, first]]
+    nearest = (points_t - centres[0][:, :, None]).square().sum(1)
     for j in range(1, k):
-        chosen = points[rows, _sample_index(nearest, uniform[j])]
+        chosen = points_t[rows, :, _sample_index(nearest, uniform[j])]
         centres.append(chosen)
-        nearest = torch.minimum(nearest, (points - chosen[:, None]).square().sum(-1))
+        nearest = torch.minimum(nearest, (points_t - chosen[:, :, None]).square().sum(1))
     return torch.stack(centres, dim=1)
 
 
@@ -148,23 +180,25 @@ def canonical_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
     return rank.gather(1, labels)
 
 
-def _centre_scores(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(R, N, d), (R, k, d) -> (R, N, k) squared distances minus each point's own norm, which
-    ranks centres like the distance does, by one batched product (cdist is slower here)."""
-    centre_norms = centres.square().sum(-1)[:, None, :]
-    return torch.baddbmm(centre_norms, points, centres.transpose(1, 2), alpha=-2)
+def _centre_scores(points_t: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(R, d, N) points, (R, k, d) centres -> (R, k, N) squared distances minus each point's
+    norm (which ranks centres like the distance), by one batched product. Points along the last
+    axis make the product and the per-point reductions over k vectorise (about 5x faster than
+    the (R, N, k) layout on CPU, measured)."""
+    centre_norms = centres.square().sum(-1)[:, :, None]
+    return torch.baddbmm(centre_norms, centres, points_t, alpha=-2)
 
 
-def _cluster_means(points: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor):
-    """Mean of each cluster's points; an empty cluster keeps its previous centre."""
-    runs, _, dim = points.shape
-    k = previous.shape[1]
-    flat = (labels + k * torch.arange(runs, device=labels.device)[:, None]).flatten()
-    sums = torch.zeros(runs * k, dim, device=points.device, dtype=points.dtype)
-    sums.index_add_(0, flat, points.reshape(-1, dim))
-    counts = torch.bincount(flat, minlength=runs * k).to(points.dtype)[:, None]
-    means = (sums / counts.clamp_min(1)).view(runs, k, dim)
-    return torch.where(counts.view(runs, k, 1) > 0, means, previous)
+def _cluster_means(points_t: torch.Tensor, scores: torch.Tensor, previous: torch.Tensor):
+    """Mean of the points nearest to each centre, by a one-hot product; an empty cluster keeps
+    its previous centre. A point equidistant to two centres counts for both: only coincident
+    centres tie in practice, and they stay coincident until ``_merge_coincident`` joins them."""
+    # One-hot (R, k, N) of the nearest centre: sign(min - score) + 1 is 1 at the minimum and 0
+    # elsewhere, in float directly (a bool comparison's conversion to float costs 3x more).
+    nearest = (scores.amin(dim=1, keepdim=True) - scores).sign_().add_(1)
+    sums = nearest @ points_t.transpose(1, 2)
+    counts = nearest.sum(dim=-1, keepdim=True)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), previous)
 
 
 def kmeans(
@@ -176,21 +210,27 @@ def kmeans(
     previous centre, so k-means on fewer distinct points than k simply leaves clusters empty.
     """
     batch, n, dim = points.shape
-    runs = points.unsqueeze(1).expand(batch, restarts, n, dim).reshape(-1, n, dim)
-    centres = _kmeans_plus_plus(runs, k, generator)
+    runs_t = points.transpose(1, 2).unsqueeze(1).expand(batch, restarts, dim, n)
+    runs_t = runs_t.reshape(-1, dim, n)  # (R, d, N): each restart is one run
+    centres = _kmeans_plus_plus(runs_t, k, generator)
     # sklearn's stopping rule: centre shift below 1e-4 of the points' mean variance; converged
     # runs leave the batch, so a few slow restarts do not keep all of them iterating.
-    tolerance = KMEANS_TOLERANCE * runs.var(dim=1).mean(dim=-1)
-    active = torch.arange(runs.shape[0], device=points.device)
+    tolerance = KMEANS_TOLERANCE * points.var(dim=1).mean(dim=-1).repeat_interleave(restarts)
+    active = torch.arange(runs_t.shape[0], device=points.device)
+    run_points, old = runs_t, centres.clone()  # the active runs' points and centres
     for _ in range(iters):
+        new = _cluster_means(run_points, _centre_scores(run_points, old), old)
+        centres[active] = new
+        moving = (new - old).square().sum(-1).amax(-1) > tolerance
+        if bool(moving.all()):  # compact only when a run converged: copies cost as much as a step
+            old = new
+            continue
+        active, run_points, old, tolerance = (
+            x[moving] for x in (active, run_points, new, tolerance)
+        )
         if active.numel() == 0:
             break
-        run_points, old = runs[active], centres[active]
-        new = _cluster_means(run_points, _centre_scores(run_points, old).argmin(dim=-1), old)
-        centres[active] = new
-        shift = (new - old).square().sum(-1).amax(-1)
-        active = active[shift > tolerance[active]]
-    scores, labels = _centre_scores(runs, centres).min(dim=-1)
+    scores, labels = _centre_scores(runs_t, centres).transpose(1, 2).min(dim=-1)
     best = scores.sum(-1).view(batch, restarts).argmin(dim=1)  # inertia minus a constant
     rows = torch.arange(batch, device=points.device)
     labels = labels.view(batch, restarts, n)[rows, best]

@@ -30,12 +30,12 @@ from uis_d2.proposals.spectral import spectral_clustering
 def build_extractors(cfg) -> tuple[FeatureExtractor, FeatureExtractor | None]:
     """Instance and saliency extractors; one shared module when both configs are identical."""
     p = cfg.PROPOSALS
-    instance = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE)
+    instance = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
     if not p.SALIENCY.ENABLED:
         return instance, None
     if p.SALIENCY.EXTRACTOR == p.EXTRACTOR:
         return instance, instance
-    return instance, build_feature_extractor(p.SALIENCY.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE)
+    return instance, build_feature_extractor(p.SALIENCY.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
 
 
 def cluster_grouped(
