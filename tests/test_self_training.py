@@ -82,3 +82,27 @@ def test_score_threshold_and_top_k_select_predictions():
     assert [a["emb"] for a in annotations] == [[2.0, 3.0], [4.0, 5.0]]
     assert annotations[0]["bbox"] == [1.0, 1.0, 4.0, 2.0]
     np.testing.assert_array_equal(rle_to_mask(annotations[1]["segmentation"]), masks[2].numpy())
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_labelling_pass_honours_the_bad_image_policy(tmp_path, dataset_root, policy):
+    """An unreadable training image is left out of the next round's labels (skip) or stops the
+    run naming it (fail); it is never replaced by another image's prediction."""
+    from detectron2.modeling import build_model
+
+    from uis_d2.data.image_io import BadImageError
+    from uis_d2.engine.self_training import write_pseudo_labels
+
+    images = sorted((dataset_root / "synthetic/train").glob("*.png"))
+    images[1].write_bytes(images[1].read_bytes()[:40])  # truncated PNG
+    cfg = tiny_training_cfg(tmp_path / "out", max_iter=1)
+    cfg.INPUT.BAD_IMAGE_POLICY = policy
+    model = build_model(cfg)
+    output = tmp_path / "labels.json"
+    if policy == "fail":
+        with pytest.raises(BadImageError, match=images[1].name):
+            write_pseudo_labels(cfg, model, list(cfg.DATASETS.TRAIN), output, {})
+        return
+    write_pseudo_labels(cfg, model, list(cfg.DATASETS.TRAIN), output, {})
+    listed = sorted(img["file_name"] for img in json.loads(output.read_text())["images"])
+    assert listed == sorted(p.name for p in images if p != images[1])

@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="self-training rounds (FreeSOLO: 2)")
     parser.add_argument("--num-overlays", type=int, default=8)
     parser.add_argument(
+        "--overlay-score",
+        type=float,
+        default=0.15,
+        help="predictions drawn in the overlays score at least this (metrics use all of them)",
+    )
+    parser.add_argument(
         "--train-opts",
         nargs=argparse.REMAINDER,
         default=[],
@@ -172,7 +178,9 @@ def write_pictures_and_report(
     panels = {"proposals": annotations_by_image(json.loads(proposals_val.read_text()))}
     for r in range(1, args.rounds + 1):
         pred = json.loads(predictions_path(train_dir, r).read_text())
-        panels[f"trained r{r} (score>=0.3)"] = annotations_by_image(pred, min_score=0.3)
+        panels[f"trained r{r} (score>={args.overlay_score})"] = annotations_by_image(
+            pred, min_score=args.overlay_score
+        )
     image_ids = sorted(img["id"] for img in gt["images"])[: args.num_overlays]
     overlays = write_comparison_grids(gt, panels, synthetic / "val", out / "overlays", image_ids)
     curves = [

@@ -128,11 +128,14 @@ class PseudoMaskDatasetMapper:
         copy_paste_sources: Sequence[dict[str, Any]] | None = None,
         bad_image_policy: str = "skip",
         embed_dim: int = 0,
+        skip_bad_at_inference: bool = False,
     ):
         """
         Args:
             copy_paste_sources: dataset dicts the pasted instances are drawn from (usually the
                 training set itself); copy-paste is off when None or empty.
+            skip_bad_at_inference: let the skip policy apply at inference too (labelling the
+                training images for self-training); evaluation keeps it off.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT = {image_format!r}: the mapper reads RGB or BGR only")
@@ -149,6 +152,7 @@ class PseudoMaskDatasetMapper:
         self.copy_paste_sources = copy_paste_sources
         self.bad_image_policy = bad_image_policy
         self.embed_dim = embed_dim
+        self.skip_bad_images = bad_image_policy == "skip" and (is_train or skip_bad_at_inference)
         mode = "training" if is_train else "inference"
         logger.info(
             f"[PseudoMaskDatasetMapper] {mode}: augmentations {augmentations}, "
@@ -192,10 +196,10 @@ class PseudoMaskDatasetMapper:
         try:
             image = read_image(file_name, self.image_format)
         except BadImageError as err:
-            # At inference every image must be predicted, or the evaluation silently changes.
-            if not self.is_train or self.bad_image_policy == "fail":
+            # At evaluation every image must be predicted, or the metrics silently change.
+            if not self.skip_bad_images:
                 raise
-            logger.warning(f"Skipping unreadable training image (INPUT.BAD_IMAGE_POLICY): {err}")
+            logger.warning(f"Skipping unreadable image (INPUT.BAD_IMAGE_POLICY): {err}")
             return None
         detection_utils.check_image_size(dataset_dict, image)
 

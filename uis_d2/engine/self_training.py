@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
@@ -104,6 +105,8 @@ class PseudoLabelWriter(DatasetEvaluator):
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for item, output in zip(inputs, outputs, strict=True):
+            if item is None:  # unreadable image, skipped by the mapper (INPUT.BAD_IMAGE_POLICY)
+                continue
             self._records.append(
                 {
                     "file_name": item["file_name"],
@@ -153,16 +156,44 @@ def _to_coco(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, A
     }
 
 
+class _SkipUnreadable(nn.Module):
+    """Runs the model on the readable images of a batch; the mapper's None entries (unreadable
+    images under the skip policy) get a None output, so inputs and outputs stay aligned."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+        readable = [x for x in inputs if x is not None]
+        outputs = iter(self.model(readable) if readable else [])
+        return [None if x is None else next(outputs) for x in inputs]
+
+
+class _MapKeepingUnreadable(torch.utils.data.Dataset):
+    """Like detectron2's MapDataset, except that an image the mapper skips stays a None entry
+    instead of being replaced by another image: each training image is labelled at most once."""
+
+    def __init__(self, dicts: list[dict[str, Any]], mapper: PseudoMaskDatasetMapper):
+        self._dicts = dicts
+        self._mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self._dicts)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        return self._mapper(self._dicts[index])
+
+
 def write_pseudo_labels(
     cfg: CfgNode, model: nn.Module, dataset_names: list[str], output_json: str | Path, info: dict
 ) -> None:
     """Predict on every image of ``dataset_names`` (with or without pseudo-masks) and write the
     confident predictions to ``output_json``."""
     dicts = get_detection_dataset_dicts(dataset_names, filter_empty=False)
+    mapper = PseudoMaskDatasetMapper(cfg, is_train=False, skip_bad_at_inference=True)
     loader = build_detection_test_loader(
-        dicts,
-        mapper=PseudoMaskDatasetMapper(cfg, is_train=False),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        _MapKeepingUnreadable(dicts, mapper), mapper=None, num_workers=cfg.DATALOADER.NUM_WORKERS
     )
     writer = PseudoLabelWriter(
         output_json,
@@ -176,7 +207,7 @@ def write_pseudo_labels(
             "source_datasets": list(dataset_names),
         },
     )
-    inference_on_dataset(model, loader, writer)
+    inference_on_dataset(_SkipUnreadable(model), loader, writer)
 
 
 def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:

@@ -1,0 +1,80 @@
+"""The whole demo pipeline on a few synthetic images: every step runs, and the report's numbers
+are the ones the evaluation files hold (read back, and recomputed from the predictions)."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import uis_d2  # noqa: F401
+from uis_d2.evaluation.coco_agnostic import evaluate_agnostic
+from uis_d2.pipeline.report import TABLE_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import run_demo  # noqa: E402
+
+TINY_TRAINING = [
+    "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",
+    "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "INPUT.MIN_SIZE_TEST", "128",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    out = tmp_path_factory.mktemp("demo")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DETECTRON2_DATASETS", str(root))
+    mp.setenv("OMP_NUM_THREADS", "1")
+    args = ["--output", str(out), "--num-train", "6", "--num-val", "3", "--num-overlays", "2"]
+    metrics = run_demo.main([*args, "--train-opts", *TINY_TRAINING])
+    yield out, root, metrics, args
+    mp.undo()
+
+
+def _table_rows(html: str) -> dict[str, list[float]]:
+    table = re.search(r"<table id='metrics'>(.*?)</table>", html, re.S).group(1)
+    rows = re.findall(r"<tr><th scope='row'>(.*?)</th>(.*?)</tr>", table)
+    return {name: [float(v) for v in re.findall(r"<td>([-\d.na]+)</td>", cells)] for name, cells
+            in rows}  # fmt: skip
+
+
+def test_demo_writes_report_metrics_and_pictures(demo):
+    out, _, metrics, _ = demo
+    written = json.loads((out / "metrics.json").read_text())
+    assert set(written) == {"proposals", "trained"}
+    assert set(written["trained"]["segm"]) >= set(TABLE_KEYS)
+    assert written == json.loads(json.dumps(metrics))
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    assert (out / "curves/losses_round1.png").stat().st_size > 0
+    assert (out / "analysis/recall_by_count.png").stat().st_size > 0
+
+
+def test_report_numbers_are_read_back_from_the_evaluation_files(demo):
+    out, _, _, _ = demo
+    rows = _table_rows((out / "index.html").read_text())
+    for name, file in (
+        ("proposals", "metrics_proposals.json"),
+        ("trained", "metrics_trained.json"),
+    ):
+        segm = json.loads((out / file).read_text())["segm"]
+        assert rows[name] == pytest.approx([round(segm[k], 2) for k in TABLE_KEYS], abs=0.006)
+
+
+def test_trained_metrics_equal_a_fresh_evaluation_of_the_predictions(demo):
+    out, root, metrics, _ = demo
+    predictions = run_demo.predictions_path(out / "train", 1)
+    fresh = evaluate_agnostic(root / "synthetic/annotations/val.json", predictions)
+    assert fresh["segm"] == pytest.approx(metrics["trained"]["segm"], nan_ok=True)
+
+
+def test_rerun_skips_finished_steps_and_keeps_results(demo, capsys):
+    out, _, metrics, args = demo
+    again = run_demo.main([*args, "--train-opts", *TINY_TRAINING])
+    printed = capsys.readouterr().out
+    assert printed.count("already done") >= 5
+    assert json.dumps(again) == json.dumps(metrics)
