@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,16 +10,15 @@ import pytest
 from evaluation_cases import COUNT_EXPECTED_AR, COUNT_EXPECTED_INSTANCES, count_case
 from PIL import Image
 
+from scripts import load_script
+
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "analyze_proposals.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
     """The tool as a module, run in-process (a subprocess costs a full torch import)."""
-    spec = importlib.util.spec_from_file_location("analyze_proposals", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/analyze_proposals.py")
 
 
 def test_writes_csv_json_png_for_two_proposal_sets(tmp_path, tool, capsys):

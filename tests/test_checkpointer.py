@@ -1,7 +1,6 @@
 """ResilientCheckpointer: resume past torn checkpoints; refuse weights of another architecture.
 Also the start-up errors for absent or foreign extractor checkpoints of the proposal stage."""
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from detectron2.modeling import build_model
 from training_cases import tiny_training_cfg
 
+from scripts import load_script
 from uis_d2.config import load_config
 from uis_d2.engine.checkpointer import (
     CheckpointLoadError,
@@ -165,12 +165,7 @@ def _proposal_config(tmp_path: Path, checkpoint: Path) -> Path:
 
 
 def _generate_proposals(argv: list[str]) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "generate_proposals", REPO / "tools/generate_proposals.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
+    load_script("tools/generate_proposals.py").main(argv)
 
 
 @pytest.fixture

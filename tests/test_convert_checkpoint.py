@@ -1,6 +1,5 @@
 """Checkpoint conversion: torchvision ResNet-18 in DenseCL / MoCo / plain layouts -> detectron2."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
 
+from scripts import load_script
 from uis_d2.config import get_cfg
 from uis_d2.utils.checkpoint_convert import convert_state_dict, detectron2_name
 
@@ -81,9 +81,7 @@ def test_conversion_loads_into_a_detectron2_resnet_with_equal_outputs(
     torch.save(_layouts(reference.state_dict())[layout], source)
     output = tmp_path / f"converted{suffix}"
 
-    spec = importlib.util.spec_from_file_location("convert", REPO / "tools/convert_checkpoint.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/convert_checkpoint.py")
     assert tool.main([str(source), str(output)]) == 0
 
     DetectionCheckpointer(backbone).load(str(output))

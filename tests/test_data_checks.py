@@ -1,6 +1,5 @@
 """Annotation files are validated before training starts (uis_d2.engine.data_checks)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from training_cases import make_synthetic_root, tiny_training_cfg
 
+from scripts import load_script
 from uis_d2.data.validation import AnnotationError
 from uis_d2.engine.data_checks import dataset_files, validate_datasets
 
@@ -25,10 +25,7 @@ def dataset_root(tmp_path, monkeypatch):
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_net.py")
 
 
 def _break_one_mask_size(json_file: Path) -> int:

@@ -17,6 +17,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from scripts import load_script
 from uis_d2.data import datasets
 from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle, rle_to_mask
 
@@ -36,10 +37,7 @@ INTERFACE_NAMES = [
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "datasets" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"datasets/{name}.py")
 
 
 def _write_json(path: Path, obj: dict) -> Path:

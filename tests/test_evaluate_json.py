@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 from evaluation_cases import PARTIAL_EXPECTED, partial_case
 
+from scripts import load_script
 from uis_d2.evaluation.coco_agnostic import METRIC_KEYS
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "evaluate_json.py"
@@ -18,10 +18,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "evaluate_json.py"
 
 def load_tool():
     """The tool as a module, for in-process runs (a subprocess costs a full torch import)."""
-    spec = importlib.util.spec_from_file_location("evaluate_json", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/evaluate_json.py")
 
 
 def test_writes_metrics_json(tmp_path):

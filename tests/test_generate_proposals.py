@@ -3,7 +3,6 @@ SIGKILL, multi-process equality, bad images and visualisations, with a fake colo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import pickle
@@ -21,6 +20,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from detectron2.data.datasets import register_coco_instances
 
+from scripts import load_script
 from uis_d2.config import load_config
 from uis_d2.data.image_io import BadImageError
 from uis_d2.proposals.base import PROPOSAL_GENERATOR_REGISTRY, ProposalGenerator, Proposals
@@ -150,10 +150,7 @@ def _interrupt_after_one_batch(image_set: tuple[str, Path], output: Path, monkey
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("generate_proposals", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/generate_proposals.py")
 
 
 @pytest.fixture(scope="module")

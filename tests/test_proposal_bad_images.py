@@ -3,7 +3,6 @@ broken file an image folder holds: each is handled at its decoded size or skippe
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from detectron2.data.datasets import register_coco_instances
 
+from scripts import load_script
 from uis_d2.data.image_io import BadImageError
 from uis_d2.features.patch_stats import PatchStats
 
@@ -93,11 +93,7 @@ def odd_images(tmp_path_factory) -> str:
 
 
 def _generate(dataset: str, output: Path, *opts: str) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "generate_proposals", REPO / "tools/generate_proposals.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tools/generate_proposals.py")
     config = str(REPO / "configs/proposals/synthetic.yaml")
     argv = ["--config-file", config, "--dataset", dataset, "--output", str(output)]
     argv += ["MODEL.DEVICE", "cpu", "PROPOSALS.NUM_WORKERS", "0", *opts]

@@ -3,18 +3,15 @@ are the ones the evaluation files hold (read back, and recomputed from the predi
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 import uis_d2  # noqa: F401
+from scripts import load_script
 from uis_d2.evaluation.coco_agnostic import evaluate_agnostic
 from uis_d2.pipeline.report import TABLE_KEYS
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import run_demo  # noqa: E402
+run_demo = load_script("tools/run_demo.py")
 
 TINY_TRAINING = [
     "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from detectron2.data import DatasetCatalog
 
+from scripts import load_script
 from uis_d2.data import synthetic
 from uis_d2.utils.masks import mask_to_box_xywh, rle_to_mask
 
@@ -145,11 +145,7 @@ def test_registered_synthetic_splits_load(
 
 
 def test_make_synthetic_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic", REPO / "tools/make_synthetic.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_synthetic.py")
     argv = ["--output", str(tmp_path), "--num-train", "2", "--num-val", "1", "--seed", "5"]
     assert tool.main(argv) == 0
     assert "wrote 2 train + 1 val images" in capsys.readouterr().out

@@ -1,6 +1,5 @@
 """tools/train_net.py under failure: SIGKILL mid-training then --resume, and 2-process gloo DDP."""
 
-import importlib.util
 import multiprocessing
 import os
 import re
@@ -16,6 +15,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from training_cases import make_synthetic_root, tiny_training_cfg
 
+from scripts import load_script
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.utils.launch import launch
 
@@ -42,10 +42,7 @@ def one_thread():
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_net.py")
 
 
 def _config_file(tmp_path: Path, out: Path, **solver) -> Path:

@@ -1,6 +1,5 @@
 """Trainer end to end on CPU: train + evaluate, resume, start-up checks, eval-only."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,6 +12,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from training_cases import EMBED_DIM, make_synthetic_root, tiny_training_cfg
 
+from scripts import load_script
 from uis_d2.engine import Trainer, check_runtime
 from uis_d2.evaluation import METRIC_KEYS
 
@@ -42,10 +42,7 @@ def _train(cfg, resume=False) -> Trainer:
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_net.py")
 
 
 def test_train_then_evaluate_then_resume(tmp_path):
