@@ -196,7 +196,7 @@ class PseudoMaskDatasetMapper:
         try:
             image = read_image(file_name, self.image_format)
         except BadImageError as err:
-            # At evaluation every image must be predicted, or the metrics silently change.
+            # Outside training a skip needs a loader that keeps the None (engine/unreadable.py).
             if not self.skip_bad_images:
                 raise
             logger.warning(f"Skipping unreadable image (INPUT.BAD_IMAGE_POLICY): {err}")

@@ -16,19 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.structures import Instances
 from detectron2.utils import comm
 from torch import nn
 
 from uis_d2.data.datasets import load_json_file, register_pseudo_labels
-from uis_d2.data.mapper import PseudoMaskDatasetMapper
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.embed_dim import with_embed_dim
 from uis_d2.engine.trainer import Trainer
+from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
 from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
 
@@ -170,31 +169,13 @@ class _SkipUnreadable(nn.Module):
         return [None if x is None else next(outputs) for x in inputs]
 
 
-class _MapKeepingUnreadable(torch.utils.data.Dataset):
-    """Like detectron2's MapDataset, except that an image the mapper skips stays a None entry
-    instead of being replaced by another image: each training image is labelled at most once."""
-
-    def __init__(self, dicts: list[dict[str, Any]], mapper: PseudoMaskDatasetMapper):
-        self._dicts = dicts
-        self._mapper = mapper
-
-    def __len__(self) -> int:
-        return len(self._dicts)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return self._mapper(self._dicts[index])
-
-
 def write_pseudo_labels(
     cfg: CfgNode, model: nn.Module, dataset_names: list[str], output_json: str | Path, info: dict
 ) -> None:
     """Predict on every image of ``dataset_names`` (with or without pseudo-masks) and write the
     confident predictions to ``output_json``."""
     dicts = get_detection_dataset_dicts(dataset_names, filter_empty=False)
-    mapper = PseudoMaskDatasetMapper(cfg, is_train=False, skip_bad_at_inference=True)
-    loader = build_detection_test_loader(
-        _MapKeepingUnreadable(dicts, mapper), mapper=None, num_workers=cfg.DATALOADER.NUM_WORKERS
-    )
+    loader = build_inference_loader(cfg, dicts)
     writer = PseudoLabelWriter(
         output_json,
         cfg.SELF_TRAINING.SCORE_THRESH,
@@ -207,7 +188,7 @@ def write_pseudo_labels(
             "source_datasets": list(dataset_names),
         },
     )
-    inference_on_dataset(_SkipUnreadable(model), loader, writer)
+    inference_on_dataset(SkipUnreadable(model), loader, writer)
 
 
 def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:

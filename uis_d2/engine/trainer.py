@@ -19,7 +19,6 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
-    build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
@@ -32,6 +31,7 @@ from uis_d2.data.datasets import register_pseudo_labels
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.embed_dim import with_embed_dim
+from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.evaluation import ClassAgnosticEvaluator
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        """Same image decoding as training (``read_image``), test-time resize only."""
-        mapper = PseudoMaskDatasetMapper(cfg, is_train=False)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        """Same image decoding as training (``read_image``), test-time resize only; unreadable
+        images come through as None under the skip policy (see unreadable.py)."""
+        dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        return build_inference_loader(cfg, dicts)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model, evaluators=None):
+        """detectron2's evaluation loop; skipped images get no predictions."""
+        return super().test(cfg, SkipUnreadable(model), evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):

@@ -81,6 +81,8 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for item, output in zip(inputs, outputs):
+            if item is None:  # unreadable image skipped by policy: no predictions, GT still counts
+                continue
             self._predictions.extend(
                 instances_to_coco_results(output["instances"], item["image_id"])
             )
