@@ -155,20 +155,6 @@ def _to_coco(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, A
     }
 
 
-class _SkipUnreadable(nn.Module):
-    """Runs the model on the readable images of a batch; the mapper's None entries (unreadable
-    images under the skip policy) get a None output, so inputs and outputs stay aligned."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
-        readable = [x for x in inputs if x is not None]
-        outputs = iter(self.model(readable) if readable else [])
-        return [None if x is None else next(outputs) for x in inputs]
-
-
 def write_pseudo_labels(
     cfg: CfgNode, model: nn.Module, dataset_names: list[str], output_json: str | Path, info: dict
 ) -> None:
