@@ -13,7 +13,7 @@ import torch
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 
 # isort: split
-from training_cases import make_synthetic_root, tiny_training_cfg
+from training_cases import tiny_training_cfg
 
 from scripts import load_script
 from uis_d2.engine.checkpointer import ResilientCheckpointer
@@ -22,14 +22,7 @@ from uis_d2.utils.launch import launch
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    return make_synthetic_root(tmp_path_factory.mktemp("datasets"))
-
-
-@pytest.fixture(autouse=True)
-def _datasets_env(monkeypatch, dataset_root):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(dataset_root))
+pytestmark = pytest.mark.usefixtures("training_datasets")
 
 
 @pytest.fixture
@@ -73,14 +66,16 @@ def _train_until_hung(config_file: Path, dataset_root: Path, hang_after_saves: i
     _load_train_net().cli(["--config-file", str(config_file)])
 
 
-def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path, dataset_root, one_thread):
+def test_sigkill_then_resume_continues_from_the_last_checkpoint(
+    tmp_path, training_datasets, one_thread
+):
     out = tmp_path / "out"
     round_dir = out / "round1"
     # A schedule far longer than the test: only the kill ends the first run.
     config = _config_file(tmp_path, out, MAX_ITER=1000, CHECKPOINT_PERIOD=2)
     # Spawned, not forked: a fork of a process that has run torch ops can deadlock in OpenMP.
     child = multiprocessing.get_context("spawn").Process(
-        target=_train_until_hung, args=(config, dataset_root, 2)
+        target=_train_until_hung, args=(config, training_datasets, 2)
     )
     child.start()
     pointer = round_dir / "last_checkpoint"

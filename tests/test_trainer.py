@@ -10,7 +10,7 @@ import torch
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 
 # isort: split
-from training_cases import EMBED_DIM, make_synthetic_root, tiny_training_cfg
+from training_cases import EMBED_DIM, tiny_training_cfg
 
 from scripts import load_script
 from uis_d2.engine import Trainer, check_runtime
@@ -20,14 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOSS_KEYS = {"loss_focal", "loss_avg_proj", "loss_max_proj", "loss_pairwise", "loss_sem"}
 
 
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    return make_synthetic_root(tmp_path_factory.mktemp("datasets"))
-
-
-@pytest.fixture(autouse=True)
-def _datasets_env(monkeypatch, dataset_root):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(dataset_root))
+pytestmark = pytest.mark.usefixtures("training_datasets")
 
 
 def _metrics_lines(output_dir: Path) -> list[dict]:

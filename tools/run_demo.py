@@ -54,9 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def evaluation_dir(train_dir: Path, round_index: int) -> Path:
+    """Where the trainer's class-agnostic evaluator leaves round r's validation predictions
+    (class_agnostic_predictions.json) and their metrics (class_agnostic_metrics.json)."""
+    return train_dir / f"round{round_index}/inference/synthetic_val"
+
+
 def predictions_path(train_dir: Path, round_index: int) -> Path:
-    """Where the trainer's class-agnostic evaluator leaves round r's validation predictions."""
-    return train_dir / f"round{round_index}/inference/synthetic_val/class_agnostic_predictions.json"
+    return evaluation_dir(train_dir, round_index) / "class_agnostic_predictions.json"
 
 
 def run_step(title: str, command: list[str], done: Path) -> None:
@@ -152,10 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     predictions = predictions_path(train_dir, args.rounds)
     run_step("training + evaluation", command, predictions)
-    for r in range(1, args.rounds + 1):
-        pred = predictions_path(train_dir, r)
+    for r in range(1, args.rounds + 1):  # the trainer evaluated them with evaluate_agnostic
         name = "trained" if r == 1 else f"trained_round{r}"
-        metrics[name] = evaluate(gt_val, pred, out / f"metrics_{name}.json")
+        metrics_file = evaluation_dir(train_dir, r) / "class_agnostic_metrics.json"
+        metrics[name] = json.loads(metrics_file.read_text())
 
     summary = {name: m["segm"] for name, m in metrics.items()}
     write_pictures_and_report(out, synthetic, gt_val, proposals_val, train_dir, args, summary)

@@ -195,6 +195,17 @@ def _is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_unique_id(value: Any, seen: set, where: str, report: ValidationReport) -> bool:
+    """Report an id that is not an int or repeats one in ``seen``; True when it is an int."""
+    if not _is_int(value):
+        report.add(f"{where}: field 'id' must be an int")
+        return False
+    if value in seen:
+        report.add(f"{where}: field 'id' is duplicated")
+    seen.add(value)
+    return True
+
+
 def _check_categories(categories: Any, report: ValidationReport) -> set[int]:
     if not isinstance(categories, list):
         report.add(f"top-level 'categories' must be a list, got {type(categories).__name__}")
@@ -204,12 +215,8 @@ def _check_categories(categories: Any, report: ValidationReport) -> set[int]:
     for index, category in enumerate(categories):
         cat_id = category.get("id") if isinstance(category, dict) else None
         where = f"category #{index} (id={cat_id})"
-        if not _is_int(cat_id):
-            report.add(f"{where}: field 'id' must be an int")
+        if not _check_unique_id(cat_id, ids, where, report):
             continue
-        if cat_id in ids:
-            report.add(f"{where}: field 'id' is duplicated")
-        ids.add(cat_id)
         if not isinstance(category.get("name"), str):
             report.add(f"{where}: field 'name' must be a string")
     return ids
@@ -229,12 +236,8 @@ def _check_images(
     for index, image in enumerate(images):
         image_id = image.get("id") if isinstance(image, dict) else None
         where = f"image #{index} (id={image_id})"
-        if not _is_int(image_id):
-            report.add(f"{where}: field 'id' must be an int")
+        if not _check_unique_id(image_id, seen_ids, where, report):
             continue
-        if image_id in seen_ids:
-            report.add(f"{where}: field 'id' is duplicated")
-        seen_ids.add(image_id)
         height, width = image.get("height"), image.get("width")
         size_ok = True
         for name, value in (("height", height), ("width", width)):
@@ -289,11 +292,7 @@ class _AnnotationChecker:
             if not isinstance(ann, dict):
                 self.report.add(f"{where}: must be a json object")
                 continue
-            if not _is_int(ann_id):
-                self.report.add(f"{where}: field 'id' must be an int")
-            elif ann_id in seen_ids:
-                self.report.add(f"{where}: field 'id' is duplicated")
-            seen_ids.add(ann_id)
+            _check_unique_id(ann_id, seen_ids, where, self.report)
             self._check_one(ann, where)
         self.report.num_images_without_annotations = len(
             set(self.image_sizes) - self.annotated_images

@@ -265,6 +265,16 @@ def _results_coco(coco_cls: type, coco_gt: Any, gt: dict[str, Any], results: lis
     return empty
 
 
+def _agnostic_stats(coco_eval: Any) -> np.ndarray:
+    """Run a (pycocotools-compatible) COCOeval with every instance as one class, 100 dets max."""
+    coco_eval.params.useCats = 0
+    coco_eval.params.maxDets = [1, 10, 100]
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return np.asarray(coco_eval.stats[:12])
+
+
 def _run_pycocotools(
     gt: dict[str, Any], results: list[dict], iou_type: str, verbose: bool
 ) -> np.ndarray:
@@ -273,12 +283,7 @@ def _run_pycocotools(
         coco_gt.dataset = gt
         coco_gt.createIndex()
         coco_eval = COCOeval(coco_gt, _results_coco(COCO, coco_gt, gt, results), iou_type)
-        coco_eval.params.useCats = 0
-        coco_eval.params.maxDets = [1, 10, 100]
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return np.asarray(coco_eval.stats[:12])
+        return _agnostic_stats(coco_eval)
 
 
 def _run_faster(
@@ -290,10 +295,4 @@ def _run_faster(
     quiet: Callable[..., None] = print if verbose else (lambda *args, **kwargs: None)
     coco_gt = FasterCOCO(gt, print_function=quiet)
     coco_dt = _results_coco(FasterCOCO, coco_gt, gt, results)
-    coco_eval = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=quiet)
-    coco_eval.params.useCats = 0
-    coco_eval.params.maxDets = [1, 10, 100]
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
-    return np.asarray(coco_eval.stats[:12])
+    return _agnostic_stats(COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=quiet))
