@@ -10,13 +10,19 @@ adjusted Rand index. Both sides get the same thread budget (``--threads``).
 with random weights at a 480-px short side, with a time breakdown and the CUDA peak memory
 after the first batch and after all of them (it must not grow with the number of images).
 
+``--end-to-end`` also runs the tool's own loop (uis_d2.proposals.runner, as
+tools/generate_proposals.py does) over the images written as JPEG files: decoding in DataLoader
+workers, the generator, the json lines and the merge, with the time of each stage.
+
     python benchmarks/bench_proposals.py --num-images 8 --json-out bench.json
+    python benchmarks/bench_proposals.py --full-gpu --num-images 256 --end-to-end
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--restarts", type=int, default=0, help="override PROPOSALS.SPECTRAL.KMEANS_RESTARTS"
     )
+    parser.add_argument("--batch-size", type=int, default=0, help="override PROPOSALS.BATCH_SIZE")
+    parser.add_argument("--end-to-end", action="store_true", help="also time the tool's loop")
     return parser.parse_args()
 
 
@@ -140,7 +148,8 @@ def compare_with_reference(features: torch.Tensor, cfg, count: int, seed: int) -
 
 
 def stage_breakdown(generator, images: list[torch.Tensor], cfg, device: str) -> dict:
-    """Seconds per stage for one batch: extractors, eigensolver, k-means (rest = postprocess)."""
+    """Seconds per stage for one batch: extractors, eigensolver, k-means of the instance
+    features, saliency clustering (rest = post-processing)."""
     s, ks = cfg.PROPOSALS.SPECTRAL, [int(k) for k in cfg.PROPOSALS.SPECTRAL.K]
     timings = {}
     _sync(device)
@@ -158,16 +167,23 @@ def stage_breakdown(generator, images: list[torch.Tensor], cfg, device: str) -> 
     timings["eigensolver_s"] = time.perf_counter() - start
     start = time.perf_counter()
     generator_rng = torch.Generator().manual_seed(0)
-    for k in ks:
-        kmeans(
-            embedding.vectors[:, :, :k].contiguous(),
-            k,
-            s.KMEANS_RESTARTS,
-            s.KMEANS_ITERS,
-            generator_rng,
-        )
+    kmeans(embedding.vectors, ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, generator_rng)
     _sync(device)
     timings["kmeans_s"] = time.perf_counter() - start
+    if generator.saliency_extractor not in (None, generator.extractor):
+        with torch.no_grad():
+            saliency = torch.stack(extract_features(generator.saliency_extractor, images))
+        _sync(device)
+        start = time.perf_counter()
+        spectral_clustering(
+            saliency.flatten(2).transpose(1, 2),
+            [cfg.PROPOSALS.SALIENCY.K],
+            s.KMEANS_RESTARTS,
+            s.KMEANS_ITERS,
+            cfg.PROPOSALS.SEED,
+        )
+        _sync(device)
+        timings["saliency_clustering_s"] = time.perf_counter() - start
     _sync(device)
     start = time.perf_counter()
     generator(images)
@@ -199,6 +215,42 @@ def run_generator(generator, images: list[torch.Tensor], batch_size: int, device
     return result
 
 
+def run_tool_loop(cfg, images: list[torch.Tensor], workdir: Path) -> dict:
+    """images/s of the tool's loop over the images saved as JPEG files, and seconds per image of
+    each of its stages (decode wait, generator, writing) plus the final merge."""
+    import cv2
+
+    from uis_d2.data.datasets import register_class_agnostic
+    from uis_d2.proposals.runner import generate_on_this_rank, prepare_job
+
+    root = workdir / "images"
+    root.mkdir()
+    records = []
+    for index, image in enumerate(images):
+        name = f"{index:06d}.jpg"
+        rgb = image.permute(1, 2, 0).cpu().numpy()
+        cv2.imwrite(str(root / name), np.ascontiguousarray(rgb[:, :, ::-1]))
+        records.append(
+            {"id": index + 1, "file_name": name, "height": rgb.shape[0], "width": rgb.shape[1]}
+        )
+    atomic_write_json(
+        workdir / "images.json",
+        {"images": records, "annotations": [], "categories": [{"id": 1, "name": "object"}]},
+    )
+    register_class_agnostic("bench_proposals_files", str(workdir / "images.json"), str(root))
+    output = workdir / "proposals.json"
+    summary = generate_on_this_rank(cfg, prepare_job("bench_proposals_files", output))
+    total, count = summary.seconds, summary.processed_now  # from the first batch to the json
+    stages = {name: seconds / count for name, seconds in summary.stage_seconds.items()}
+    stages["merge"] = (total - sum(summary.stage_seconds.values())) / count
+    return {
+        "images_per_s": count / total,
+        "stage_s_per_image": stages,
+        "num_workers": cfg.PROPOSALS.NUM_WORKERS,
+        "json_mb": output.stat().st_size / 2**20,
+    }
+
+
 def main() -> None:
     args = parse_args()
     device = "cuda" if args.full_gpu else args.device
@@ -212,6 +264,9 @@ def main() -> None:
     cfg.PROPOSALS.SEED = args.seed
     if args.restarts:
         cfg.PROPOSALS.SPECTRAL.KMEANS_RESTARTS = args.restarts
+    if args.batch_size:
+        cfg.PROPOSALS.BATCH_SIZE = args.batch_size
+    cfg.MODEL.DEVICE = device
     generator = build_proposal_generator(cfg).to(torch.device(device))
     images = synthetic_images(args.num_images, height, width, args.seed)
     images = [image.to(device) for image in images]
@@ -219,11 +274,19 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
 
     generator(images[:1])  # warm-up (allocator, kernels)
-    whole = run_generator(generator, images, cfg.PROPOSALS.BATCH_SIZE, device)
-    batch = images[: cfg.PROPOSALS.BATCH_SIZE]
-    breakdown = stage_breakdown(generator, batch, cfg, device)
+    batch_size = cfg.PROPOSALS.BATCH_SIZE
+    whole = run_generator(generator, images, batch_size, device)
+    breakdown = stage_breakdown(generator, images[:batch_size], cfg, device)
     with torch.no_grad():
-        features = torch.stack(extract_features(generator.extractor, batch))
+        reference_images = images[: args.reference_images]
+        features = torch.cat(
+            [
+                torch.stack(
+                    extract_features(generator.extractor, reference_images[i : i + batch_size])
+                )
+                for i in range(0, len(reference_images), batch_size)
+            ]
+        )
     spectral = compare_with_reference(
         features.flatten(2).transpose(1, 2), cfg, args.reference_images, args.seed
     )
@@ -231,6 +294,7 @@ def main() -> None:
         "device": device,
         "full_gpu": args.full_gpu,
         "threads": args.threads,
+        "batch_size": batch_size,
         "kmeans_restarts": cfg.PROPOSALS.SPECTRAL.KMEANS_RESTARTS,
         "num_images": args.num_images,
         "image_size": [height, width],
@@ -242,8 +306,11 @@ def main() -> None:
         "speedup_vs_reference": spectral["speedup_vs_reference"],
         "mean_ari": spectral["mean_ari"],
         "breakdown_s_per_image": breakdown,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory() as workdir:
+            result["end_to_end"] = run_tool_loop(cfg, images, Path(workdir))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         result["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["gpu"] = torch.cuda.get_device_name()
@@ -251,6 +318,8 @@ def main() -> None:
         print(f"{key}: {result[key]:.3f}")
     print(f"spectral step: {spectral}")
     print(f"breakdown (s/image): {breakdown}")
+    if args.end_to_end:
+        print(f"end to end (the tool's loop): {result['end_to_end']}")
     if args.json_out:
         atomic_write_json(args.json_out, result)
 

@@ -78,7 +78,7 @@ def test_class_aware_matrix_nms_leaves_distinct_classes_alone(case):
 @given(scored_masks(), st.floats(0.0, 0.95))
 def test_greedy_mask_nms_keeps_a_maximal_non_overlapping_subset(case, thresh):
     stack, scores = case
-    kept = mask_nms(stack, scores, thresh)
+    kept = mask_nms(torch.from_numpy(stack), scores, thresh)
     assert kept.dtype == np.int64 and len(set(kept.tolist())) == len(kept)
     assert set(kept.tolist()) <= set(range(len(scores))) and len(kept) >= min(len(scores), 1)
     assert (np.diff(scores[kept]) <= 0).all()  # best first
@@ -89,3 +89,20 @@ def test_greedy_mask_nms_keeps_a_maximal_non_overlapping_subset(case, thresh):
             assert a == b or iou[a, b] <= thresh
     for dropped in set(range(len(scores))) - set(kept.tolist()):
         assert any(iou[dropped, k] > thresh and scores[k] >= scores[dropped] for k in kept)
+
+
+@FUZZ
+@given(scored_masks(), st.floats(0.0, 0.95), st.data())
+def test_grouped_mask_nms_is_nms_of_each_group_in_turn(case, thresh, data):
+    stack, scores = case
+    groups = np.asarray(
+        data.draw(st.lists(st.integers(0, 2), min_size=len(scores), max_size=len(scores))),
+        dtype=np.int64,
+    )
+    kept = mask_nms(torch.from_numpy(stack), scores, thresh, groups=groups)
+    expected = []
+    for group in sorted(set(groups.tolist())):
+        members = np.flatnonzero(groups == group)
+        alone = mask_nms(torch.from_numpy(stack[members]), scores[members], thresh)
+        expected += members[alone].tolist()
+    assert kept.tolist() == expected

@@ -24,22 +24,25 @@ def test_components_are_split_with_8_connectivity_and_small_ones_dropped():
     mask[0, 0, 0] = mask[0, 1, 1] = True  # diagonal neighbours: one component
     mask[0, 4:6, 3:6] = True  # a second component of 6 cells
     mask[0, 0, 5] = True  # a single cell, below the minimum
-    parts, parents = split_connected_components(np.concatenate([mask, mask[:, ::-1]]), 2)
+    stack = torch.from_numpy(np.concatenate([mask, mask[:, ::-1]]))
+    parts, parents = split_connected_components(stack, 2)
     assert len(parts) == 4 and parents.tolist() == [0, 0, 1, 1]
-    assert sorted(int(p.sum()) for p in parts[:2]) == [2, 6]
+    # Ordered by first cell in raster order: upside down, the block comes first.
+    assert [int(p.sum()) for p in parts] == [2, 6, 6, 2]
 
 
 def test_saliency_is_the_cluster_off_the_border_not_the_larger_one():
-    labels = np.zeros((8, 8), dtype=np.int64)
-    labels[1:7, 1:7] = 1  # a central object bigger than the background ring
-    assert border_foreground(labels).sum() == 36 and border_foreground(labels)[3, 3]
-    assert border_foreground(1 - labels)[3, 3]  # label ids do not matter
+    labels = torch.zeros((1, 8, 8), dtype=torch.long)
+    labels[0, 1:7, 1:7] = 1  # a central object bigger than the background ring
+    foreground = border_foreground(torch.cat([labels, 1 - labels]), 2)
+    assert foreground[0].sum() == 36 and foreground[0, 3, 3]
+    assert torch.equal(foreground[0], foreground[1])  # label ids do not matter
 
 
 def test_saliency_filter_threshold_keeps_at_and_above_only():
-    masks = np.zeros((1, 4, 5), dtype=bool)
+    masks = torch.zeros((1, 4, 5), dtype=torch.bool)
     masks[0, 0] = True  # 5 cells, 3 of them salient: overlap 0.6
-    saliency = np.zeros((4, 5), dtype=bool)
+    saliency = torch.zeros((4, 5), dtype=torch.bool)
     saliency[0, :3] = True
     for thresh, kept in ((0.59, True), (0.6, True), (0.61, False)):
         keep, overlap = saliency_filter(masks, saliency, thresh)
@@ -55,16 +58,21 @@ def test_mask_nms_suppresses_only_above_the_iou_threshold_and_keeps_the_best():
     far[4, :] = False
     far[3, :1] = False  # 39 cells: IoU 0.78
     scores = np.array([0.5, 0.9])
-    assert mask_nms(np.stack([close, big]), scores, 0.8).tolist() == [1]
-    assert mask_nms(np.stack([close, big]), scores, 0.85).tolist() == [1, 0]
-    assert mask_nms(np.stack([far, big]), scores, 0.8).tolist() == [1, 0]
+    assert mask_nms(torch.from_numpy(np.stack([close, big])), scores, 0.8).tolist() == [1]
+    assert mask_nms(torch.from_numpy(np.stack([close, big])), scores, 0.85).tolist() == [1, 0]
+    assert mask_nms(torch.from_numpy(np.stack([far, big])), scores, 0.8).tolist() == [1, 0]
+    # Groups (images) never suppress each other; the result goes group by group.
+    stack = torch.from_numpy(np.stack([close, big, big, close]))
+    groups = np.array([1, 1, 0, 0])
+    both = mask_nms(stack, np.array([0.5, 0.9, 0.9, 0.5]), 0.8, groups=groups)
+    assert both.tolist() == [2, 1]
 
 
 def test_upsampling_maps_the_grid_onto_the_full_image():
     grid = torch.zeros(1, 2, 2, dtype=torch.bool)
     grid[0, 0, 0] = True
     full = upsample_masks(grid, (8, 12))
-    assert full.shape == (1, 8, 12) and full[0, :3, :5].all()
+    assert full.shape == (1, 8, 12) and full.dtype == torch.bool and full[0, :3, :5].all()
     assert not full[0, 5:].any() and not full[0, :, 7:].any() and 20 <= full.sum() <= 28
 
 
@@ -91,17 +99,25 @@ def test_spectral_generator_end_to_end_finds_the_object_at_image_resolution():
     generator = build_proposal_generator(_cfg("SpectralProposalGenerator"))
     assert generator.saliency_extractor is generator.extractor  # identical configs share
     scenes = [_scene(64, 80, 0), _scene(72, 56, 1)]
+    # Two grid sizes (8 x 10, 9 x 7) in one batch: post-processed together on one canvas.
     outputs = generator([image for image, _ in scenes])
     for (image, obj), out in zip(scenes, outputs):
         n = len(out.masks)
-        assert n >= 1 and out.masks.shape == (n, *image.shape[1:]) and out.masks.dtype == bool
+        assert n >= 1 and out.masks.shape == (n, *image.shape[1:])
+        assert isinstance(out.masks, torch.Tensor) and out.masks.dtype == torch.bool
         assert out.embeddings.shape == (n, 21) and out.scores.shape == (n,)
         assert set(out.extras) == {"k", "saliency_overlap"}
         assert np.all(out.extras["saliency_overlap"] >= 0.5)
         assert set(out.extras["k"].tolist()) <= {2, 3, 4, 5}
-        ious = (out.masks & obj).sum((1, 2)) / (out.masks | obj).sum((1, 2))
+        masks = out.masks.numpy()
+        ious = (masks & obj).sum((1, 2)) / (masks | obj).sum((1, 2))
         assert ious.max() > 0.7
-        assert out.debug["saliency"][obj[::8, ::8]].mean() > 0.8
+        assert out.debug["saliency"].numpy()[obj[::8, ::8]].mean() > 0.8
+        # The same image alone gives the same proposals: batching changes nothing.
+        alone = generator([image])[0]
+        assert torch.equal(alone.masks, out.masks) and np.array_equal(alone.scores, out.scores)
+        assert np.array_equal(alone.extras["k"], out.extras["k"])
+        np.testing.assert_allclose(alone.embeddings, out.embeddings, rtol=1e-5, atol=1e-6)
     info = generator.describe()
     assert info["extractor"]["name"] == "PatchStats" and info["K"] == [2, 3, 4, 5]
 
@@ -114,6 +130,22 @@ def test_spectral_generator_without_saliency_scores_everything_equally():
     assert set(out.extras) == {"k"} and "saliency" not in out.debug
 
 
+# No component is that large; no overlap is above 1.
+@pytest.mark.parametrize(
+    "option", [("SPECTRAL.MIN_COMPONENT_PATCHES", "1000000"), ("SALIENCY.OVERLAP_THRESH", "1.5")]
+)
+def test_spectral_generator_with_nothing_left_gives_empty_proposals(option):
+    cfg = _cfg("SpectralProposalGenerator")
+    cfg.merge_from_list([f"PROPOSALS.{option[0]}", option[1]])
+    generator = build_proposal_generator(cfg)
+    assert generator([]) == []
+    sizes = [(48, 48), (40, 56)]
+    for out, size in zip(generator([_scene(*size, 2)[0] for size in sizes]), sizes, strict=True):
+        assert out.masks.shape == (0, *size)
+        assert out.embeddings.shape == (0, 21) and out.scores.shape == (0,)
+        assert all(len(values) == 0 for values in out.extras.values())
+
+
 def test_free_mask_generator_end_to_end():
     cfg = _cfg("FreeMaskGenerator")
     image, obj = _scene(64, 96, 3)
@@ -121,9 +153,11 @@ def test_free_mask_generator_end_to_end():
     n = len(out.masks)
     assert 1 <= n <= cfg.PROPOSALS.FREE_MASK.MAX_MASKS
     assert out.masks.shape == (n, 64, 96) and out.embeddings.shape == (n, 21)
+    assert out.masks.dtype == torch.bool
     assert np.all(out.scores >= cfg.PROPOSALS.FREE_MASK.MASKNESS_THRESH)
     assert np.all(np.diff(out.scores) <= 0)
-    ious = (out.masks & obj).sum((1, 2)) / (out.masks | obj).sum((1, 2))
+    masks = out.masks.numpy()
+    ious = (masks & obj).sum((1, 2)) / (masks | obj).sum((1, 2))
     assert ious.max() > 0.7
 
 

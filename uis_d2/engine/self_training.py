@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
@@ -29,7 +30,7 @@ from uis_d2.engine.embed_dim import with_embed_dim
 from uis_d2.engine.trainer import Trainer
 from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
-from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
+from uis_d2.utils.masks import masks_to_rles, rle_areas, rle_boxes_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +55,25 @@ def predictions_to_annotations(
     Embeddings are kept when the model predicts them (``pred_embs``), so a later round can
     train its embedding head on them; otherwise the annotations carry none.
     """
-    instances = instances.to("cpu")
-    scores = instances.scores.numpy()
+    scores = instances.scores.cpu().numpy()
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= score_thresh][:max_per_image]
-    masks = instances.pred_masks[order].numpy().astype(bool)
-    embs = instances.pred_embs[order].tolist() if instances.has("pred_embs") else None
+    index = torch.from_numpy(order).to(instances.scores.device)
+    # Encoded where the model left them: only run starts, not whole masks, reach the host.
+    rles = masks_to_rles(instances.pred_masks[index])
+    boxes = rle_boxes_xywh(rles)
+    areas = rle_areas(rles)
+    embs = instances.pred_embs[index].tolist() if instances.has("pred_embs") else None
     annotations = []
-    for i, (mask, score) in enumerate(zip(masks, scores[order], strict=True)):
-        area = int(mask.sum())
-        if area == 0:
+    for i, score in enumerate(scores[order]):
+        if areas[i] == 0:
             continue
         annotation = {
             "category_id": 1,
             "iscrowd": 0,
-            "segmentation": mask_to_rle(mask),
-            "bbox": mask_to_box_xywh(mask),
-            "area": area,
+            "segmentation": rles[i],
+            "bbox": boxes[i],
+            "area": areas[i],
             "score": float(score),
         }
         if embs is not None:

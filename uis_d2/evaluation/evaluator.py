@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation import DatasetEvaluator
@@ -22,7 +23,7 @@ from detectron2.utils import comm
 
 from uis_d2.evaluation.coco_agnostic import IOU_TYPES, evaluate_agnostic, format_metrics_table
 from uis_d2.utils.files import atomic_write_json
-from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
+from uis_d2.utils.masks import masks_to_rles, rle_boxes_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -34,25 +35,26 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict[
     """One COCO result per predicted instance; the box comes from the mask if there is none."""
     if not instances.has("pred_masks"):
         raise ValueError("ClassAgnosticEvaluator needs 'pred_masks' in the model's Instances")
-    instances = instances.to("cpu")
-    masks = instances.pred_masks.numpy()
-    if masks.dtype != bool:
+    masks = instances.pred_masks
+    if masks.dtype != torch.bool:
         masks = masks >= 0.5  # soft masks: the usual 0.5 binarisation
+    # Encoded where the model left them: only run starts, not whole masks, reach the host.
+    rles = masks_to_rles(masks)
     scores = instances.scores.tolist() if instances.has("scores") else [1.0] * len(instances)
     if instances.has("pred_boxes"):
-        xyxy = instances.pred_boxes.tensor.numpy().astype(np.float64)
+        xyxy = instances.pred_boxes.tensor.cpu().numpy().astype(np.float64)
         boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).tolist()
     else:
-        boxes = [mask_to_box_xywh(mask) for mask in masks]
+        boxes = rle_boxes_xywh(rles)
     return [
         {
             "image_id": image_id,
             "category_id": 1,
-            "segmentation": mask_to_rle(mask),
+            "segmentation": rle,
             "bbox": box,
             "score": float(score),
         }
-        for mask, box, score in zip(masks, boxes, scores)
+        for rle, box, score in zip(rles, boxes, scores)
     ]
 
 

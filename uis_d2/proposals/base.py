@@ -22,12 +22,15 @@ PROPOSAL_GENERATOR_REGISTRY.__doc__ = "Offline pseudo-mask generators, built fro
 class Proposals:
     """Pseudo-masks of one image, at the image's original resolution."""
 
-    masks: np.ndarray  # (N, H, W) bool
+    # (N, H, W) bool; may stay a tensor on the generator's device (GPU), so that the writer
+    # encodes it there instead of copying every full-resolution mask to the host first.
+    masks: np.ndarray | torch.Tensor
     scores: np.ndarray  # (N,) float32, higher = more confident; ranks mask NMS
     embeddings: np.ndarray  # (N, C) float32, mean feature inside each mask (semantic loss)
     # Per-mask fields written into each annotation, e.g. {"k": (N,), "saliency_overlap": (N,)}.
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     # Intermediate maps for --vis only (e.g. per-k label maps, the saliency map); never written.
+    # May be tensors on any device: only --vis copies the ones it draws to the host.
     debug: dict[str, Any] = field(default_factory=dict)
 
 

@@ -75,7 +75,7 @@ class FreeMaskGenerator(ProposalGenerator):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         p = cfg.PROPOSALS
-        self.extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE)
+        self.extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
 
     def to(self, device: torch.device) -> FreeMaskGenerator:
         self.extractor.to(device)

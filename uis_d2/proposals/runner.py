@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,8 @@ class GenerationSummary:
     resumed: int  # images found in shards of an earlier run
     seconds: float
     world_size: int
+    # Rank 0's wall time by stage: waiting for decoded images, the generator, json lines + vis.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def prepare_job(
@@ -131,8 +133,9 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
 
     start = time.perf_counter()
     todo = [r for r in job.records if r.image_id not in finished]
+    stages: Counter[str] = Counter()
     with shards.open_writer(rank) as writer:
-        processed = _run(cfg, generator, todo[rank::world_size], writer, job, device)
+        processed = _run(cfg, generator, todo[rank::world_size], writer, job, device, stages)
     processed_now = sum(comm.all_gather(processed))
     if rank != 0:
         comm.synchronize()
@@ -146,6 +149,7 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
         resumed=len(job.records) - len(todo),
         seconds=time.perf_counter() - start,
         world_size=world_size,
+        stage_seconds=dict(stages),
     )
     print(format_summary(job, summary), flush=True)
     comm.synchronize()
@@ -166,6 +170,11 @@ def format_summary(job: GenerationJob, summary: GenerationSummary, max_listed: i
         f"({summary.processed_now / max(summary.seconds, 1e-9):.2f} images/s, "
         f"{summary.world_size} process(es)); {summary.resumed} resumed from shards",
     ]
+    if summary.stage_seconds:
+        lines.append(
+            "  time by stage (rank 0): "
+            + ", ".join(f"{name} {s:.1f} s" for name, s in summary.stage_seconds.items())
+        )
     if len(merged.skipped) > max_listed:
         lines.insert(3 + max_listed, f"    ... and {len(merged.skipped) - max_listed} more")
     if job.num_vis:
@@ -199,8 +208,13 @@ def _run(
     writer: ShardWriter,
     job: GenerationJob,
     device: torch.device,
+    stages: Counter[str],
 ) -> int:
-    """Process this rank's images batch by batch; returns how many were handled."""
+    """Process this rank's images batch by batch; returns how many were handled.
+
+    Adds the wall time of each stage to ``stages``, which tells what bounds a run: decoding
+    (waiting for the loader), the generator, or writing the json lines.
+    """
     num_workers = cfg.PROPOSALS.NUM_WORKERS
     # Fork workers (the Linux default) also inside spawned rank processes, where Python would
     # otherwise spawn them, re-importing torch and detectron2 in each (seen: 10-30 s per run).
@@ -221,10 +235,13 @@ def _run(
         disable=not comm.is_main_process(),
         dynamic_ncols=True,
     )
+    clock = time.perf_counter()
     with progress:
         for batch in loader:
+            clock = _lap(stages, "decode wait", clock)
             decoded = [(record, image) for record, image, _ in batch if image is not None]
             outputs = generator([image.to(device, non_blocking=True) for _, image in decoded])
+            clock = _lap(stages, "generator", clock)
             if len(outputs) != len(decoded):
                 raise ValueError(
                     f"{type(generator).__name__} returned {len(outputs)} proposals for "
@@ -250,7 +267,14 @@ def _run(
                     )
             writer.write_batch(lines)
             progress.update(len(batch))
+            clock = _lap(stages, "writing", clock)
     return len(records)
+
+
+def _lap(stages: Counter[str], name: str, since: float) -> float:
+    now = time.perf_counter()
+    stages[name] += now - since
+    return now
 
 
 def _bad_image_line(cfg, record: ImageRecord, reason: str) -> dict[str, Any]:

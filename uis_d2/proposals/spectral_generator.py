@@ -10,6 +10,7 @@ enumerated by increasing k).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -38,32 +39,114 @@ def build_extractors(cfg) -> tuple[FeatureExtractor, FeatureExtractor | None]:
     return instance, build_feature_extractor(p.SALIENCY.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
 
 
+def group_indices(keys: list[Hashable]) -> dict[Hashable, list[int]]:
+    """Indices of the items of each key (e.g. a shape), so that same-size items form one batch."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return groups
+
+
+def stack_padded(tensors: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
+    """Stack (..., h_i, w_i) tensors into (B, ..., H, W), padding at the bottom and the right.
+
+    Padding there keeps the raster order of every grid's cells, so one canvas holds the patch
+    grids of all images of a batch.
+    """
+    if len({t.shape for t in tensors}) == 1:
+        return torch.stack(tensors)
+    height = max(t.shape[-2] for t in tensors)
+    width = max(t.shape[-1] for t in tensors)
+    first = tensors[0]
+    out = first.new_full((len(tensors), *first.shape[:-2], height, width), fill)
+    for canvas, tensor in zip(out, tensors):
+        canvas[..., : tensor.shape[-2], : tensor.shape[-1]] = tensor
+    return out
+
+
 def cluster_grouped(
     features: list[torch.Tensor], ks: list[int], cfg
-) -> list[dict[int, np.ndarray]]:
+) -> list[dict[int, torch.Tensor]]:
     """Spectral clustering per image, batching images whose feature grids have the same size.
 
-    ``features``: per image (C, h, w). Returns per image {k: (h, w) int label map}.
+    ``features``: per image (C, h, w). Returns per image {k: (h, w) long label map}, on the
+    features' device.
     """
     s = cfg.PROPOSALS.SPECTRAL
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, feature in enumerate(features):
-        groups.setdefault(tuple(feature.shape), []).append(index)
-    results: list[dict[int, np.ndarray]] = [{} for _ in features]
-    for (channels, h, w), indices in groups.items():
+    results: list[dict[int, torch.Tensor]] = [{} for _ in features]
+    for (channels, h, w), indices in group_indices([f.shape for f in features]).items():
         batch = torch.stack([features[i] for i in indices]).reshape(len(indices), channels, -1)
         labels = spectral_clustering(
             batch.transpose(1, 2), ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, cfg.PROPOSALS.SEED
         )
         for row, index in enumerate(indices):
-            results[index] = {k: v[row].reshape(h, w).cpu().numpy() for k, v in labels.items()}
+            results[index] = {k: v[row].reshape(h, w) for k, v in labels.items()}
     return results
 
 
-def _resize_grid_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if mask.shape == size:
-        return mask
-    return upsample_masks(torch.from_numpy(mask)[None], size)[0]
+def candidate_masks(clusters: list[dict[int, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
+    """Every cluster of every k is a candidate, enumerated by increasing k, then cluster id.
+
+    Returns the candidates of all images (B, n, H, W) on a canvas holding every grid, and the k
+    of each of the n candidates of an image (host int32).
+    """
+    ks = list(clusters[0])
+    device = clusters[0][ks[0]].device
+    candidate_k = np.asarray([k for k in ks for _ in range(k)], dtype=np.int32)
+    cluster_ids = torch.tensor([c for k in ks for c in range(k)], device=device)
+    map_index = torch.tensor([ks.index(k) for k in candidate_k.tolist()], device=device)
+    label_maps = stack_padded([torch.stack([c[k] for k in ks]) for c in clusters], -1)
+    return label_maps[:, map_index] == cluster_ids[:, None, None], candidate_k
+
+
+def saliency_maps(
+    labels: list[torch.Tensor], k: int, grids: list[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Foreground of each image's k-way saliency clustering (h', w'), resized to its instance
+    feature grid (h, w) when the two extractors' grids differ."""
+    maps: list[torch.Tensor] = [torch.empty(0)] * len(labels)
+    keys = [(tuple(label.shape), tuple(grid)) for label, grid in zip(labels, grids)]
+    for (shape, grid), indices in group_indices(keys).items():
+        foreground = border_foreground(torch.stack([labels[i] for i in indices]), k)
+        if shape != grid:
+            foreground = upsample_masks(foreground, grid)
+        for index, saliency in zip(indices, foreground):
+            maps[index] = saliency
+    return maps
+
+
+def mean_features(masks: torch.Tensor, image_of: np.ndarray, features: torch.Tensor) -> np.ndarray:
+    """Mean feature inside each (K, H, W) grid mask of image ``image_of`` (sorted, host) in the
+    (B, C, H, W) feature canvas: one batched product over masks padded per image. (K, C)."""
+    counts = np.bincount(image_of, minlength=len(features))
+    slot = np.arange(len(image_of)) - (np.cumsum(counts) - counts)[image_of]
+    weights = masks.flatten(1).float()
+    weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+    padded = weights.new_zeros((len(features), int(counts.max(initial=0)), weights.shape[1]))
+    image_t = torch.from_numpy(image_of).to(masks.device)
+    slot_t = torch.from_numpy(slot).to(masks.device)
+    padded[image_t, slot_t] = weights
+    means = torch.bmm(padded, features.flatten(2).float().transpose(1, 2))
+    return means[image_t, slot_t].cpu().numpy().astype(np.float32)
+
+
+def upsample_per_image(
+    masks: torch.Tensor,
+    image_of: np.ndarray,
+    images: list[torch.Tensor],
+    features: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Each image's masks (cropped from the canvas to its feature grid) at the image's size, one
+    interpolation per distinct (grid, image size) pair. Per image (N_i, H, W) bool."""
+    sizes = [(tuple(f.shape[1:]), tuple(i.shape[1:])) for f, i in zip(features, images)]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(images)
+    for (grid, size), indices in group_indices(sizes).items():
+        rows = [np.flatnonzero(image_of == index) for index in indices]
+        selected = masks[torch.from_numpy(np.concatenate(rows)).to(masks.device)]
+        full = upsample_masks(selected[:, : grid[0], : grid[1]], size)
+        for index, part in zip(indices, full.split([len(r) for r in rows])):
+            out[index] = part
+    return out
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
@@ -82,11 +165,13 @@ class SpectralProposalGenerator(ProposalGenerator):
 
     @torch.no_grad()
     def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
+        if not images:  # a batch of unreadable files only
+            return []
         p = self.cfg.PROPOSALS
         ks = [int(k) for k in p.SPECTRAL.K]
         features = extract_features(self.extractor, images)
         clusters = cluster_grouped(features, ks, self.cfg)
-        saliency_maps: list[np.ndarray | None] = [None] * len(images)
+        saliency = None
         if self.saliency_extractor is not None:
             if self.saliency_extractor is self.extractor and p.SALIENCY.K in ks:
                 saliency_labels = [{p.SALIENCY.K: c[p.SALIENCY.K]} for c in clusters]
@@ -97,53 +182,68 @@ class SpectralProposalGenerator(ProposalGenerator):
                     else extract_features(self.saliency_extractor, images)
                 )
                 saliency_labels = cluster_grouped(sal_features, [p.SALIENCY.K], self.cfg)
-            saliency_maps = [border_foreground(s[p.SALIENCY.K]) for s in saliency_labels]
-        return [
-            self._proposals(image, feature, labels, saliency)
-            for image, feature, labels, saliency in zip(images, features, clusters, saliency_maps)
-        ]
+            saliency = saliency_maps(
+                [s[p.SALIENCY.K] for s in saliency_labels],
+                p.SALIENCY.K,
+                [tuple(f.shape[1:]) for f in features],
+            )
+        return self._proposals(images, features, clusters, saliency)
 
     def _proposals(
         self,
-        image: torch.Tensor,
-        feature: torch.Tensor,
-        labels: dict[int, np.ndarray],
-        saliency: np.ndarray | None,
-    ) -> Proposals:
+        images: list[torch.Tensor],
+        features: list[torch.Tensor],
+        clusters: list[dict[int, torch.Tensor]],
+        saliency: list[torch.Tensor] | None,
+    ) -> list[Proposals]:
+        """Post-processing of the whole batch at once, on a canvas holding every image's grid."""
         p = self.cfg.PROPOSALS
-        grid = feature.shape[1:]
-        candidates = [labels[k] == c for k in labels for c in range(k)]
-        candidate_k = [k for k in labels for _ in range(k)]
+        device = features[0].device
+        candidates, candidate_k = candidate_masks(clusters)
         masks, parents = split_connected_components(
-            np.stack(candidates), p.SPECTRAL.MIN_COMPONENT_PATCHES
+            candidates.flatten(0, 1), p.SPECTRAL.MIN_COMPONENT_PATCHES
         )
-        ks = np.asarray(candidate_k, dtype=np.int32)[parents]
-        debug: dict[str, Any] = {"labels": labels, "grid_size": tuple(grid)}
         if saliency is not None:
-            saliency = _resize_grid_mask(saliency, tuple(grid))
-            keep, overlap = saliency_filter(masks, saliency, p.SALIENCY.OVERLAP_THRESH)
-            masks, ks, overlap = masks[keep], ks[keep], overlap[keep]
-            scores = overlap.copy()
-            debug["saliency"] = saliency
+            per_image = stack_padded(saliency, False)[parents // len(candidate_k)]
+            keep, overlap = saliency_filter(masks, per_image, p.SALIENCY.OVERLAP_THRESH)
+            kept = np.flatnonzero(keep.cpu().numpy())
+            masks = masks[torch.from_numpy(kept).to(device)]
+            overlap = overlap.cpu().numpy()[kept]
+            parents_host = parents.cpu().numpy()[kept]
+            scores = overlap
         else:  # no saliency: every candidate scores 1 and no overlap is recorded
             overlap = None
-            scores = np.ones(len(masks), dtype=np.float32)
-        keep = mask_nms(masks, scores, p.NMS_THRESH) if len(masks) else np.zeros(0, np.int64)
-        masks, ks, scores = masks[keep], ks[keep], scores[keep]
-        extras = {"k": ks}
+            parents_host = parents.cpu().numpy()
+            scores = np.ones(len(parents_host), dtype=np.float32)
+        image_of = parents_host // len(candidate_k)
+        kept = mask_nms(masks, scores, p.NMS_THRESH, groups=image_of)
+        masks, image_of = masks[torch.from_numpy(kept).to(device)], image_of[kept]
+        extras = {"k": candidate_k[parents_host[kept] % len(candidate_k)]}
         if overlap is not None:
-            extras["saliency_overlap"] = overlap[keep].astype(np.float32)
-        grid_masks = torch.from_numpy(masks).to(feature.device)
-        weights = grid_masks.flatten(1).float()
-        weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
-        embeddings = weights @ feature.flatten(1).T.float()  # mean feature inside each mask
-        return Proposals(
-            masks=upsample_masks(grid_masks, (int(image.shape[1]), int(image.shape[2]))),
-            scores=scores.astype(np.float32),
-            embeddings=embeddings.cpu().numpy().astype(np.float32),
-            extras=extras,
-            debug=debug,
-        )
+            extras["saliency_overlap"] = overlap[kept]
+        embeddings = mean_features(masks, image_of, stack_padded(features, 0.0))
+        full = upsample_per_image(masks, image_of, images, features)
+        scores = scores[kept].astype(np.float32)
+        outputs = []
+        for index, feature in enumerate(features):
+            rows = image_of == index
+            # Left on the device: only --vis reads them, and it converts what it draws.
+            debug: dict[str, Any] = {
+                "labels": clusters[index],
+                "grid_size": tuple(feature.shape[1:]),
+            }
+            if saliency is not None:
+                debug["saliency"] = saliency[index]
+            outputs.append(
+                Proposals(
+                    masks=full[index],
+                    scores=scores[rows],
+                    embeddings=embeddings[rows],
+                    extras={name: values[rows] for name, values in extras.items()},
+                    debug=debug,
+                )
+            )
+        return outputs
 
     def describe(self) -> dict[str, Any]:
         p = self.cfg.PROPOSALS

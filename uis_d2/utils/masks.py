@@ -16,6 +16,74 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return rle
 
 
+def masks_to_rles(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """Encode (N, H, W) masks on any device as json-ready COCO RLEs, equal to ``mask_to_rle``'s.
+
+    Why not ``mask_to_rle`` per mask: that needs every full-resolution mask on the host (a
+    transfer per mask from a GPU) plus a column-major copy each, which dominated the proposal
+    writer. Here the run starts of all masks are found in one pass on the masks' device and
+    only their positions (a few per mask column) reach the host, in one transfer; pycocotools
+    then only compresses the run lengths.
+
+    Nonzero values count as set, as in ``mask_to_rle``.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"masks_to_rles expects (N, H, W) masks, got shape {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if n == 0:
+        return []  # pycocotools' frPyObjects rejects an empty list
+    masks = masks.bool()
+    # COCO runs go down the columns. A pixel starts a run where it differs from its predecessor
+    # in that order: the pixel above it or, in the top row, the bottom pixel of the previous
+    # column. Comparing in place (row-major) avoids a transposed copy of all masks; the host
+    # sorts the few run starts into column-major order instead. Slices, not indices, keep
+    # H = 0 or W = 0 working.
+    starts = torch.empty(masks.shape, dtype=torch.bool, device=masks.device)
+    torch.ne(masks[:, 1:], masks[:, :-1], out=starts[:, 1:])
+    torch.ne(masks[:, :1, 1:], masks[:, -1:, :-1], out=starts[:, :1, 1:])
+    # A set first pixel starts a run of ones; the counts then open with an empty run of zeros.
+    starts[:, :1, :1] = masks[:, :1, :1]
+    mask_index, row_major = np.divmod(_flat_nonzero(starts), h * w)
+    y, x = np.divmod(row_major, w)
+    # Run starts of all masks on one axis: mask i's pixels span [i * H * W, (i + 1) * H * W).
+    starts_cm = np.sort(mask_index * (h * w) + x * h + y)
+    mask_edges = np.arange(n + 1) * (h * w)
+    first_start = np.searchsorted(starts_cm, mask_edges)
+    # With each mask's edges inserted (before a start at the same place, giving the empty run),
+    # consecutive differences are every mask's run lengths, all at once.
+    runs = np.diff(np.insert(starts_cm, first_start, mask_edges))
+    per_mask = np.split(runs, first_start[1:-1] + np.arange(1, n))
+    uncompressed = [{"size": [h, w], "counts": counts} for counts in per_mask]
+    rles = mask_utils.frPyObjects(uncompressed, h, w)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _flat_nonzero(values: torch.Tensor) -> np.ndarray:
+    """Flat indices of the set elements, on the host (one device sync and transfer).
+
+    CPU tensors go through numpy: its scan is about 7x faster than ``torch.nonzero``'s on a
+    single thread (measured on 11 masks of 480x640), and on the CPU the conversion is free.
+    """
+    if values.device.type == "cpu":
+        return np.flatnonzero(values.numpy())
+    return values.flatten().nonzero().squeeze(1).cpu().numpy()
+
+
+def rle_areas(rles: list[dict[str, Any]]) -> list[int]:
+    """Pixel counts of COCO RLEs, read from the runs (no decoding, no device work)."""
+    return mask_utils.area(rles).tolist() if rles else []
+
+
+def rle_boxes_xywh(rles: list[dict[str, Any]]) -> list[list[float]]:
+    """Tight COCO boxes [x, y, w, h] of RLEs (zeros if empty), as ``mask_to_box_xywh`` gives.
+
+    Read from the runs, so the masks never need to reach the host or be decoded.
+    """
+    return mask_utils.toBbox(rles).tolist() if rles else []
+
+
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Decode a compressed or uncompressed COCO RLE to an (H, W) bool mask."""
     if isinstance(rle.get("counts"), list):
