@@ -26,6 +26,7 @@ setup(
         "Pillow>=9",
         "tqdm",
         "matplotlib>=3.6",
+        "orjson>=3.9",
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval>=1.6"],

@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=0, help="override PROPOSALS.BATCH_SIZE")
     parser.add_argument("--end-to-end", action="store_true", help="also time the tool's loop")
+    parser.add_argument("--workers", type=int, default=-1, help="override PROPOSALS.NUM_WORKERS")
     return parser.parse_args()
 
 
@@ -95,7 +96,12 @@ def reference_clustering(features: np.ndarray, ks: list[int], seed: int) -> dict
     f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     w = np.maximum(f @ f.T, 0).astype(np.float64)
     d = np.diag(w.sum(axis=1))
-    _, vectors = eigsh(d - w, k=max(ks) + 1, sigma=0, which="LM", M=d)
+    try:
+        _, vectors = eigsh(d - w, k=max(ks) + 1, sigma=0, which="LM", M=d)
+    except ValueError:
+        # D - W is singular (the constant vector): factorising it at sigma = 0 can give inf.
+        # The smallest shift that keeps the factorisation finite changes no eigenvector.
+        _, vectors = eigsh(d - w, k=max(ks) + 1, sigma=-1e-6, which="LM", M=d)
     return {
         k: KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors[:, 1 : k + 1])
         for k in ks
@@ -266,6 +272,8 @@ def main() -> None:
         cfg.PROPOSALS.SPECTRAL.KMEANS_RESTARTS = args.restarts
     if args.batch_size:
         cfg.PROPOSALS.BATCH_SIZE = args.batch_size
+    if args.workers >= 0:
+        cfg.PROPOSALS.NUM_WORKERS = args.workers
     cfg.MODEL.DEVICE = device
     generator = build_proposal_generator(cfg).to(torch.device(device))
     images = synthetic_images(args.num_images, height, width, args.seed)

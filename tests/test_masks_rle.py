@@ -104,6 +104,14 @@ def test_boxes_and_areas_of_blobs():
     assert rle_areas([]) == [] and rle_boxes_xywh([]) == []
 
 
+def test_areas_of_more_rles_than_pycocotools_takes_at_once():
+    """pycocotools' area() overflows a uint8 count beyond 255 RLEs; images with random-weight
+    features get hundreds of proposals (seen on a GPU benchmark)."""
+    stack = np.random.default_rng(4).random((600, 6, 7)) < 0.5
+    rles = masks_to_rles(torch.from_numpy(stack))
+    assert rle_areas(rles) == stack.sum(axis=(1, 2)).tolist()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_masks_match_the_per_mask_encoder():
     rng = np.random.default_rng(1)

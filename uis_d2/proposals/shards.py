@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 import yaml
 
 from uis_d2.utils.files import atomic_write_json
@@ -46,7 +47,7 @@ def encode_line(line: dict[str, Any]) -> bytes:
     """Compact json with ``image_id`` first (the reader relies on it), newline-terminated."""
     if next(iter(line), None) != "image_id":
         raise ValueError(f"a shard line must start with image_id, got keys {list(line)[:3]}")
-    return json.dumps(line, separators=(",", ":")).encode("utf-8") + b"\n"
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class ShardDirectory:
@@ -117,10 +118,29 @@ class ShardDirectory:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def read_line(path: Path, offset: int) -> dict[str, Any]:
-    with open(path, "rb") as f:
+class ShardReader:
+    """Reads lines at known offsets, keeping each shard file open (a merge reads every line)."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, BinaryIO] = {}
+
+    def read(self, path: Path, offset: int) -> dict[str, Any]:
+        if path not in self._files:
+            self._files[path] = open(path, "rb")  # closed in close()
+        f = self._files[path]
         f.seek(offset)
-        return json.loads(f.readline())
+        return orjson.loads(f.readline())
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ShardWriter:

@@ -71,9 +71,18 @@ def _flat_nonzero(values: torch.Tensor) -> np.ndarray:
     return values.flatten().nonzero().squeeze(1).cpu().numpy()
 
 
+# pycocotools' area() sizes an internal uint8 array by the number of RLEs, which numpy 2 refuses
+# (OverflowError) for more than 255 of them: images with hundreds of proposals hit it.
+_AREA_CHUNK = 255
+
+
 def rle_areas(rles: list[dict[str, Any]]) -> list[int]:
     """Pixel counts of COCO RLEs, read from the runs (no decoding, no device work)."""
-    return mask_utils.area(rles).tolist() if rles else []
+    return [
+        int(area)
+        for first in range(0, len(rles), _AREA_CHUNK)
+        for area in mask_utils.area(rles[first : first + _AREA_CHUNK])
+    ]
 
 
 def rle_boxes_xywh(rles: list[dict[str, Any]]) -> list[list[float]]:
