@@ -89,19 +89,25 @@ def _sync(device: str) -> None:
 
 
 def reference_clustering(features: np.ndarray, ks: list[int], seed: int) -> dict[int, np.ndarray]:
-    """deep-spectral's way, one image: generalised eigenproblem by shift-invert, sklearn k-means."""
+    """deep-spectral's way, one image: generalised eigenproblem by shift-invert, sklearn k-means.
+
+    As in its code: float32 affinities (torch features moved to numpy), a dense degree matrix
+    with degrees below 1e-12 set to 1, ``eigsh(D - W, sigma=0, M=D)`` with a fall-back to
+    ``which="SM"`` when the shift-invert factorisation fails, and KMeans with n_init=10 (the
+    scikit-learn default of its time).
+    """
     from scipy.sparse.linalg import eigsh
     from sklearn.cluster import KMeans
 
-    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    w = np.maximum(f @ f.T, 0).astype(np.float64)
-    d = np.diag(w.sum(axis=1))
+    f = features.astype(np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    w = np.maximum(f @ f.T, 0)
+    degree = w.sum(axis=1)
+    d = np.diag(np.where(degree < 1e-12, 1.0, degree).astype(np.float32))
     try:
         _, vectors = eigsh(d - w, k=max(ks) + 1, sigma=0, which="LM", M=d)
-    except ValueError:
-        # D - W is singular (the constant vector): factorising it at sigma = 0 can give inf.
-        # The smallest shift that keeps the factorisation finite changes no eigenvector.
-        _, vectors = eigsh(d - w, k=max(ks) + 1, sigma=-1e-6, which="LM", M=d)
+    except (ValueError, RuntimeError):
+        _, vectors = eigsh(d - w, k=max(ks) + 1, which="SM", M=d)
     return {
         k: KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors[:, 1 : k + 1])
         for k in ks

@@ -16,11 +16,12 @@ For B images with N patches each (same grid), in one call and on the features' d
 
 The eigenvectors are computed once for the largest k and reused for every k. ``solver="eigh"``
 is the exact dense ``torch.linalg.eigh``; ``"subspace"`` is block subspace iteration with
-Rayleigh-Ritz to a residual of ``tol`` (1e-3 by default: eigenvectors within ~1e-3 of exact,
-ample for k-means), which needs only matrix products (about 10x faster than eigh on CPU for a
-30x30 grid, measured) and falls back to ``eigh`` if it does not converge; ``"auto"`` picks eigh
-for small grids. k-means is batched over images and restarts and seeded by a CPU
-``torch.Generator``, so results do not depend on the device's random state.
+Rayleigh-Ritz to a residual of ``tol``, which needs only matrix products and falls back to
+``eigh`` if it does not converge; ``"auto"`` picks eigh for small grids. The default residual,
+1e-3, takes about 3 products per image; 1e-2 saves one but lowers the agreement with the
+deep-spectral reference on ViT features from mean ARI 0.96 to 0.87 (measured). k-means is batched
+over images, k and restarts and seeded by a CPU ``torch.Generator``, so results do not depend
+on the device's random state.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def _top_subspace(
     """Leading m eigenpairs by subspace iteration; None when a residual stays above ``tol``.
 
     An image leaves the batch once its residual is below ``tol``, so the others do not keep it
-    iterating (images converge in 4 to 5 steps on a 30x30 grid, measured).
+    iterating. The block is m + 27 wide: on a CPU a product with 32 columns costs about what one
+    with 17 does, and converges in fewer steps (measured).
     """
     batch, n, _ = operator.affinity.shape
     width = min(n, m + _SUBSPACE_OVERSAMPLING)
@@ -135,23 +137,9 @@ def spectral_embedding(
     tol: float = 1e-3,
     max_iters: int = 300,
 ) -> SpectralEmbedding:
-    """The ``num_vectors`` leading non-trivial Ncut eigenvectors of each image's patch graph.
-
-    On a CPU the images go through in chunks whose affinity matrices fit in the last-level cache
-    (every product re-reads them; 1.3x faster than one batch on a 30x30 grid, measured).
-    """
+    """The ``num_vectors`` leading non-trivial Ncut eigenvectors of each image's patch graph."""
     if solver not in SOLVERS:
         raise ValueError(f"spectral solver {solver!r} is invalid: must be one of {SOLVERS}")
-    batch, n = features.shape[:2]
-    chunk = max(1, _CPU_CHUNK_BYTES // (4 * n * n))
-    if features.device.type == "cpu" and batch > chunk:
-        parts = [
-            spectral_embedding(features[i : i + chunk], num_vectors, solver, seed, tol, max_iters)
-            for i in range(0, batch, chunk)
-        ]
-        return SpectralEmbedding(
-            torch.cat([p.vectors for p in parts]), torch.cat([p.eigenvalues for p in parts])
-        )
     operator = ncut_operator(features)
     n = operator.affinity.shape[1]
     m = min(num_vectors, n)
@@ -281,7 +269,7 @@ def kmeans(
     runs = _Runs.build(vectors, order, restarts)
     seeds = _kmeans_plus_plus(runs.points_t, runs.k, generator)
     centres = _lloyd(runs.points_t, seeds, runs.absent, runs.tolerance, iters)
-    scores, labels = _centre_scores(runs.points_t, centres, runs.absent).transpose(1, 2).min(-1)
+    scores, labels = _centre_scores(runs.points_t, centres, runs.absent).min(dim=1)
     best = scores.sum(-1).view(-1, restarts).argmin(dim=1)  # inertia minus a constant
     rows = torch.arange(best.numel(), device=vectors.device)
     labels = labels.view(-1, restarts, n)[rows, best].view(len(order), batch, n)
@@ -374,9 +362,22 @@ def spectral_clustering(
     seed: int = 0,
     solver: str = "auto",
 ) -> dict[int, torch.Tensor]:
-    """(B, N, C) features -> {k: (B, N) long labels in [0, k)} for every k, one eigensolve."""
+    """(B, N, C) features -> {k: (B, N) long labels in [0, k)} for every k, one eigensolve.
+
+    On a CPU the images go through in chunks whose affinity matrices fit in the last-level cache
+    (every product and k-means step re-reads its working set: 1.2-1.4x faster than 32 images at
+    once on a 30x30 grid, measured); on a GPU the whole batch goes at once.
+    """
     if features.ndim != 3:
         raise ValueError(f"features must be (B, N, C), got {tuple(features.shape)}")
+    batch, n = features.shape[:2]
+    chunk = max(1, _CPU_CHUNK_BYTES // (4 * n * n))
+    if features.device.type == "cpu" and batch > chunk:
+        parts = [
+            spectral_clustering(features[i : i + chunk], ks, restarts, iters, seed, solver)
+            for i in range(0, batch, chunk)
+        ]
+        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
     embedding = spectral_embedding(features, max(ks), solver=solver, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     return kmeans(embedding.vectors, ks, restarts, iters, generator)
