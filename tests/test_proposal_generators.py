@@ -8,7 +8,7 @@ import torch
 
 import uis_d2  # noqa: F401
 from uis_d2.config import get_cfg
-from uis_d2.proposals import build_proposal_generator
+from uis_d2.proposals import build_proposal_generator, spectral_generator
 from uis_d2.proposals.free_mask import background_like, query_features
 from uis_d2.proposals.postprocess import (
     border_foreground,
@@ -120,6 +120,31 @@ def test_spectral_generator_end_to_end_finds_the_object_at_image_resolution():
         np.testing.assert_allclose(alone.embeddings, out.embeddings, rtol=1e-5, atol=1e-6)
     info = generator.describe()
     assert info["extractor"]["name"] == "PatchStats" and info["K"] == [2, 3, 4, 5]
+
+
+def test_saliency_clustered_in_the_instance_call_gives_the_same_proposals(monkeypatch):
+    """The GPU path (saliency features padded and clustered with the instance features in one
+    call), forced on the CPU, against separate calls, on noise-free scenes whose few distinct
+    patch features leave no clustering ambiguous."""
+    cfg = _cfg("SpectralProposalGenerator")
+    cfg.PROPOSALS.SALIENCY.EXTRACTOR.PATCH_SIZE = 16  # other features: a mix-up would show
+    generator = build_proposal_generator(cfg)
+    images = []
+    for top, left in ((16, 24), (8, 40)):
+        image = torch.full((3, 64, 80), 120, dtype=torch.uint8)
+        image[:, top : top + 32, left : left + 24] = torch.tensor([230, 40, 50])[:, None, None]
+        images.append(image)
+    features = torch.randn(21, 4, 5)
+    padded = spectral_generator.pad_channels(features, 32)
+    assert padded.shape == (32, 4, 5) and torch.equal(padded[:21], features)
+    assert not spectral_generator.clusters_together([features], [features], [2, 3], 2)  # CPU
+    separate = generator(images)
+    monkeypatch.setattr(spectral_generator, "clusters_together", lambda *args: True)
+    together = generator(images)
+    for a, b in zip(separate, together):
+        assert len(a.masks) >= 1 and torch.equal(a.masks, b.masks)
+        assert np.array_equal(a.scores, b.scores)
+        assert torch.equal(a.debug["saliency"], b.debug["saliency"])
 
 
 def test_spectral_generator_without_saliency_scores_everything_equally():
