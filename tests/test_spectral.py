@@ -98,7 +98,7 @@ def test_cpu_chunks_give_the_same_clusters_as_one_batch(monkeypatch):
     assert all(adjusted_rand_score(truth[b], whole[b]) == 1.0 for b in range(3))
 
 
-def test_every_k_of_one_batch_uses_at_most_k_labels_and_the_best_restart():
+def test_every_k_of_one_batch_uses_k_labels_at_a_lloyd_fixed_point():
     """Padding coordinates and centres of the smaller ks must never leak into their labels."""
     generator = torch.Generator().manual_seed(3)
     vectors = torch.randn(2, 80, 5, generator=generator)

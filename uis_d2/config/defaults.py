@@ -156,8 +156,8 @@ def add_proposals_config(cfg: CN) -> None:
     # Registered generator: "SpectralProposalGenerator" (paper) or "FreeMaskGenerator" (FreeSOLO).
     p.GENERATOR = "SpectralProposalGenerator"
     # Images per forward pass (open): on a GPU the spectral steps are bound by kernel launches
-    # and host syncs per batch, so larger batches pay (H100: 35 images/s at 8, 81 at 32,
-    # measured before the batched post-processing).
+    # and host syncs per batch, so larger batches pay (compare with benchmarks/bench_proposals.py
+    # --full-gpu --batch-size N).
     p.BATCH_SIZE = 32
     # DataLoader workers decoding images (open).
     p.NUM_WORKERS = 4
@@ -180,7 +180,8 @@ def add_proposals_config(cfg: CN) -> None:
     # Every k of k-way spectral clustering; 2+3+4+5 = 14 masks per image (paper).
     p.SPECTRAL.K = [2, 3, 4, 5]
     # k-means restarts and iterations on the eigenvector rows (open; 8 greedy k-means++ restarts
-    # agree with scikit-learn's n_init=10 at mean ARI 0.98 on the benchmark, 4 only at 0.94).
+    # agree with scikit-learn's n_init=10 at mean ARI 0.983 on benchmarks/bench_proposals.py,
+    # 4 at 0.953).
     p.SPECTRAL.KMEANS_RESTARTS = 8
     p.SPECTRAL.KMEANS_ITERS = 50
     # Connected components smaller than this many patches are discarded when splitting (open).

@@ -104,6 +104,18 @@ def pad_channels(feature: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.nn.functional.pad(feature, (0, 0, 0, 0, 0, channels - feature.shape[0]))
 
 
+def clustering_calls(
+    features: list[torch.Tensor], sal_features: list[torch.Tensor], ks: list[int], k: int
+) -> list[tuple[list[torch.Tensor], list[int]]]:
+    """The clustering calls (features, ks) for instance and separate saliency features: one
+    shared call where ``clusters_together`` allows it, else one each. Their results, in order,
+    list every instance image, then every saliency image."""
+    if clusters_together(features, sal_features, ks, k):
+        width = max(f.shape[0] for f in features + sal_features)
+        return [([pad_channels(f, width) for f in features + sal_features], ks)]
+    return [(features, ks), (sal_features, [k])]
+
+
 def candidate_masks(clusters: list[dict[int, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
     """Every cluster of every k is a candidate, enumerated by increasing k, then cluster id.
 
@@ -212,15 +224,11 @@ class SpectralProposalGenerator(ProposalGenerator):
             clusters = cluster_grouped(features, ks, self.cfg)
             return clusters, clusters if k in ks else cluster_grouped(features, [k], self.cfg)
         sal_features = extract_features(self.saliency_extractor, images)
-        if clusters_together(features, sal_features, ks, k):
-            width = max(f.shape[0] for f in features + sal_features)
-            padded = [pad_channels(f, width) for f in features + sal_features]
-            both = cluster_grouped(padded, ks, self.cfg)
-            return both[: len(images)], both[len(images) :]
-        return (
-            cluster_grouped(features, ks, self.cfg),
-            cluster_grouped(sal_features, [k], self.cfg),
-        )
+        calls = clustering_calls(features, sal_features, ks, k)
+        labels = [
+            maps for batch, call_ks in calls for maps in cluster_grouped(batch, call_ks, self.cfg)
+        ]
+        return labels[: len(images)], labels[len(images) :]
 
     def _proposals(
         self,
