@@ -91,11 +91,14 @@ def test_invalid_solver_and_shapes_are_rejected():
 
 def test_cpu_chunks_give_the_same_clusters_as_one_batch(monkeypatch):
     features, truth = _planted(batch=3, n=300, k=4, noise=0.5)
-    whole = spectral_clustering(features, [4], restarts=4)[4]
-    monkeypatch.setattr(spectral, "_CPU_CHUNK_BYTES", 4 * 300 * 300)  # one image per chunk
-    chunked = spectral_clustering(features, [4], restarts=4)
-    assert torch.equal(whole, chunked[4])
-    assert all(adjusted_rand_score(truth[b], whole[b]) == 1.0 for b in range(3))
+    whole = spectral_clustering(features, [2, 4], restarts=4)
+    # One image per eigensolver chunk, and k-means slices of 5 of the 24 runs (a 4-wide run
+    # takes 3 * 4 * 4 * 300 bytes): the slices of k = 2 runs are trimmed to 2 coordinates,
+    # and the slow runs of all slices finish together.
+    monkeypatch.setattr(spectral, "_CPU_CHUNK_BYTES", 5 * 3 * 4 * 4 * 300)
+    chunked = spectral_clustering(features, [2, 4], restarts=4)
+    assert all(torch.equal(whole[k], chunked[k]) for k in (2, 4))
+    assert all(adjusted_rand_score(truth[b], whole[4][b]) == 1.0 for b in range(3))
 
 
 def test_every_k_of_one_batch_uses_k_labels_at_a_lloyd_fixed_point():
@@ -110,3 +113,28 @@ def test_every_k_of_one_batch_uses_k_labels_at_a_lloyd_fixed_point():
             points = vectors[b, :, :k]
             means = torch.stack([points[result[b] == c].mean(0) for c in range(k)])
             assert torch.equal(torch.cdist(points, means).argmin(1), result[b])
+
+
+def test_kmeans_slices_and_their_joint_tail_change_no_run(monkeypatch):
+    """Unstructured points keep some runs moving past their slice's bulk, so the slow runs of
+    the slices finish in one joint batch; every run must end where it would in one batch."""
+    vectors = torch.randn(3, 300, 4, generator=torch.Generator().manual_seed(0))
+    whole = kmeans(
+        vectors, [2, 4], restarts=8, iters=30, generator=torch.Generator().manual_seed(1)
+    )
+    calls = []
+    steps = spectral._lloyd_steps
+
+    def recording(*args):
+        still_moving = steps(*args)
+        calls.append((len(args[3]), len(still_moving)))
+        return still_moving
+
+    monkeypatch.setattr(spectral, "_lloyd_steps", recording)
+    monkeypatch.setattr(spectral, "_CPU_CHUNK_BYTES", 16 * 3 * 4 * 4 * 300)  # 16 of 48 runs
+    sliced = kmeans(
+        vectors, [2, 4], restarts=8, iters=30, generator=torch.Generator().manual_seed(1)
+    )
+    assert [size for size, _ in calls[:3]] == [16, 16, 16]
+    assert calls[-1][0] == sum(moving for _, moving in calls[:3]) > 0  # the joint tail
+    assert all(torch.equal(whole[k], sliced[k]) for k in (2, 4))

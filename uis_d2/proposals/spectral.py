@@ -41,6 +41,7 @@ _AUTO_EIGH_MAX_NODES = 256
 _CPU_CHUNK_BYTES = 16 * 2**20
 _SUBSPACE_OVERSAMPLING = 27
 KMEANS_TOLERANCE = 1e-4
+_CPU_KMEANS_PASSES = 3  # the points, the scores and the one-hot of a run
 
 
 @dataclass
@@ -178,10 +179,11 @@ def _squared_distances(
 
 
 def _kmeans_plus_plus(
-    points_t: torch.Tensor, run_k: torch.Tensor, generator: torch.Generator
+    points_t: torch.Tensor, run_k: torch.Tensor, uniform: torch.Tensor
 ) -> torch.Tensor:
-    """(R, d, N) points of R runs wanting ``run_k`` (R,) clusters, sorted by decreasing k ->
-    (R, max k, d) greedy k-means++ seeds (the centres beyond a run's k stay zero).
+    """(R, d, N) points of R runs wanting ``run_k`` (R,) clusters, sorted by decreasing k, and
+    their (max k, R, 2 + ln max k) uniform draws -> (R, max k, d) greedy k-means++ seeds (the
+    centres beyond a run's k stay zero).
 
     As scikit-learn does, each step draws ``2 + ln k`` candidates (k = the largest here) by D^2
     sampling and keeps the one that lowers the potential most: plain k-means++ (one candidate)
@@ -189,9 +191,7 @@ def _kmeans_plus_plus(
     reference (measured). Step j only concerns the runs with k > j, a prefix of the batch.
     """
     runs, dim, n = points_t.shape
-    width = int(run_k[0])
-    trials = 2 + int(math.log(width))
-    uniform = torch.rand(width, runs, trials, generator=generator).to(points_t.device)
+    width = uniform.shape[0]
     rows = torch.arange(runs, device=points_t.device)
     norms = points_t.square().sum(1)
     first = (uniform[0, :, 0] * n).long().clamp_max(n - 1)
@@ -200,6 +200,8 @@ def _kmeans_plus_plus(
     nearest = _squared_distances(points_t, norms, centres[:, :1].transpose(1, 2))[:, 0]
     for j in range(1, width):
         count = int((run_k > j).sum())
+        if count == 0:
+            break
         points, nearest = points_t[:count], nearest[:count]
         candidates = points.gather(
             2, _sample_index(nearest, uniform[j, :count])[:, None].expand(-1, dim, -1)
@@ -233,15 +235,18 @@ def _centre_scores(points_t: torch.Tensor, centres: torch.Tensor, absent: torch.
     return torch.baddbmm(centre_norms, centres, points_t, alpha=-2)
 
 
-def _cluster_means(points_t: torch.Tensor, scores: torch.Tensor, previous: torch.Tensor):
+def _cluster_means(points_and_ones: torch.Tensor, scores: torch.Tensor, previous: torch.Tensor):
     """Mean of the points nearest to each centre, by a one-hot product; an empty cluster keeps
     its previous centre. A point equidistant to two centres counts for both: only coincident
-    centres tie in practice, and they stay coincident until ``_merge_coincident`` joins them."""
+    centres tie in practice, and they stay coincident until ``_merge_coincident`` joins them.
+    The points (R, d + 1, N) carry a row of ones, so the product counts the members too."""
     # One-hot (R, k, N) of the nearest centre: sign(min - score) + 1 is 1 at the minimum and 0
     # elsewhere, in float directly (a bool comparison's conversion to float costs 3x more).
     nearest = (scores.amin(dim=1, keepdim=True) - scores).sign_().add_(1)
-    sums = (points_t @ nearest.transpose(1, 2)).transpose(1, 2)  # 2x faster than (R, k, N) @
-    counts = nearest.sum(dim=-1, keepdim=True)
+    totals = (points_and_ones @ nearest.transpose(1, 2)).transpose(
+        1, 2
+    )  # 2x faster than (R, k, N) @
+    sums, counts = totals[..., :-1], totals[..., -1:]
     return torch.where(counts > 0, sums / counts.clamp_min(1), previous)
 
 
@@ -258,8 +263,9 @@ def kmeans(
     ``vectors[..., :k]`` for every k in ``ks``. All (k, image, restart) runs form one batch,
     zero-padded to max(ks) coordinates and centres (padding centres are never chosen), so a
     batch takes as many steps as its slowest run, not the sum over k: on a GPU each step is a
-    handful of kernel launches and one host sync. An emptied cluster keeps its previous centre,
-    so k-means on fewer distinct points than k leaves clusters empty.
+    handful of kernel launches and one host sync. On a CPU the runs go through in cache-sized
+    slices (see ``_lloyd``). An emptied cluster keeps its previous centre, so k-means on fewer
+    distinct points than k leaves clusters empty.
     """
     batch, n, _ = vectors.shape
     order = sorted({int(k) for k in ks}, reverse=True)
@@ -267,13 +273,31 @@ def kmeans(
     # Grids of fewer patches than max(ks) have fewer eigenvectors: pad them with zeros too.
     vectors = F.pad(vectors[:, :, :width], (0, width - min(width, vectors.shape[2])))
     runs = _Runs.build(vectors, order, restarts)
-    seeds = _kmeans_plus_plus(runs.points_t, runs.k, generator)
-    centres = _lloyd(runs.points_t, seeds, runs.absent, runs.tolerance, iters)
-    scores, labels = _centre_scores(runs.points_t, centres, runs.absent).min(dim=1)
-    best = scores.sum(-1).view(-1, restarts).argmin(dim=1)  # inertia minus a constant
-    rows = torch.arange(best.numel(), device=vectors.device)
-    labels = labels.view(-1, restarts, n)[rows, best].view(len(order), batch, n)
-    centres = centres.view(-1, restarts, width, width)[rows, best]
+    trials = 2 + int(math.log(width))
+    uniform = torch.rand(width, len(runs.k), trials, generator=generator).to(vectors.device)
+    # Any slice of the runs (sorted by k) is sorted by k, as the seeding needs.
+    chunk = len(runs.k)
+    if vectors.device.type == "cpu":
+        chunk = max(1, _CPU_CHUNK_BYTES // (_CPU_KMEANS_PASSES * 4 * width * n))
+    slices = torch.arange(len(runs.k), device=vectors.device).split(chunk)
+    seeds = []
+    for s in slices:
+        used = int(runs.k[s[0]])  # a slice's first run is its widest; the rest is zero padding
+        points = runs.points(s)[:, :used]
+        seeds.append(F.pad(_kmeans_plus_plus(points, runs.k[s], uniform[:, s]), (0, width - used)))
+    seeds = torch.cat(seeds)
+    centres = _lloyd(runs, seeds, iters, slices)
+    # The restarts of a group side by side: one product scores all their centres.
+    groups = len(runs.points_t)
+    absent = runs.absent.view(groups, restarts * width, 1)
+    scores = _centre_scores(runs.points_t, centres.view(groups, -1, width), absent)
+    best = scores.view(groups, restarts, width, n).amin(2).sum(-1).argmin(1)  # least inertia
+    rows = torch.arange(groups, device=vectors.device)
+    centres = centres.view(groups, restarts, width, width)[rows, best]
+    # A group's restarts share their k: the first restart's padding stands for the winner's.
+    # (min(1).indices: argmin(1) across a middle axis is 8x slower on a CPU, measured.)
+    labels = _centre_scores(runs.points_t, centres, absent[:, :width]).min(1).indices
+    labels = labels.view(len(order), batch, n)
     centres = centres.view(len(order), batch, width, width)
     norms = vectors.square().sum(-1)
     merged = {k: _merge_coincident(labels[i], centres[i], norms) for i, k in enumerate(order)}
@@ -282,9 +306,11 @@ def kmeans(
 
 @dataclass
 class _Runs:
-    """The (k, image, restart) runs of one k-means batch, larger k first."""
+    """The (k, image, restart) runs of one k-means batch, larger k first; the restarts of one
+    (k, image) group share its points, stored once."""
 
-    points_t: torch.Tensor  # (R, m, N): the image's first k coordinates, the rest zero
+    points_t: torch.Tensor  # (G, m, N): the image's first k coordinates, the rest zero
+    group: torch.Tensor  # (R,) each run's group (R = G * restarts)
     k: torch.Tensor  # (R,)
     absent: torch.Tensor  # (R, m, 1): +inf for the centres beyond the run's k, else 0
     tolerance: torch.Tensor  # (R,) centre shift at which the run has converged
@@ -296,49 +322,85 @@ class _Runs:
         ks = torch.tensor(order, device=device)
         used = torch.arange(width, device=device) < ks[:, None]  # (K, m)
         points_t = vectors.transpose(1, 2)[None] * used[:, None, :, None]  # (K, B, m, N)
-        points_t = points_t[:, :, None].expand(-1, -1, restarts, -1, -1).reshape(-1, width, n)
         per_k = batch * restarts
+        group = torch.arange(len(order) * per_k, device=device) // restarts
         absent = torch.where(used, 0.0, torch.inf).repeat_interleave(per_k, dim=0)[:, :, None]
         # sklearn's stopping rule: centre shift below 1e-4 of the mean variance of the k
         # coordinates clustered.
         variance = vectors.var(dim=1, correction=0).cumsum(dim=-1)[:, ks - 1] / ks  # (B, K)
         tolerance = KMEANS_TOLERANCE * variance.T.repeat_interleave(restarts, dim=1).flatten()
-        return _Runs(points_t, ks.repeat_interleave(per_k), absent, tolerance)
+        return _Runs(
+            points_t.reshape(-1, width, n), group, ks.repeat_interleave(per_k), absent, tolerance
+        )
+
+    def points(self, runs: torch.Tensor) -> torch.Tensor:
+        """(R', m, N) points of the runs ``runs`` (a copy: the working set of their steps)."""
+        return self.points_t.index_select(0, self.group[runs])
 
 
 def _lloyd(
-    points_t: torch.Tensor,
-    centres: torch.Tensor,
-    absent: torch.Tensor,
-    tolerance: torch.Tensor,
-    iters: int,
+    runs: _Runs, centres: torch.Tensor, iters: int, slices: tuple[torch.Tensor, ...]
 ) -> torch.Tensor:
-    """Lloyd steps on R runs until each run's centres move less than its ``tolerance``.
+    """Up to ``iters`` Lloyd steps per run, until its centres move less than its tolerance.
+
+    Each slice of runs goes alone until only an eighth of it is still moving; the slow runs of
+    all slices then finish together. The bulk of the work stays in the cache, and the long tail
+    of a few slow runs (up to ``iters`` steps, each a dozen small ops whatever the number of
+    runs) is paid once instead of once per slice. A run's result does not depend on the slicing.
+    """
+    steps_left = torch.full_like(runs.k, iters)
+    if len(slices) == 1:
+        _lloyd_steps(runs, centres, steps_left, slices[0], 0.0)
+        return centres
+    slow = [_lloyd_steps(runs, centres, steps_left, s, 1 / 8) for s in slices]
+    _lloyd_steps(runs, centres, steps_left, torch.cat(slow), 0.0)
+    return centres
+
+
+def _lloyd_steps(
+    runs: _Runs,
+    centres: torch.Tensor,
+    steps_left: torch.Tensor,
+    active: torch.Tensor,
+    until: float,
+) -> torch.Tensor:
+    """Lloyd steps on the runs ``active`` until at most ``until`` of them are still moving;
+    writes their centres and step budgets back, returns the runs still moving.
 
     A converged run is frozen, and the batch drops its frozen runs once they are a quarter of
     it: dropping them at every step would copy the points each step (as costly as the step).
     """
-    active = torch.arange(len(points_t), device=points_t.device)
-    run_points, run_absent, current = points_t, absent, centres.clone()
-    done = torch.zeros(len(active), dtype=torch.bool, device=points_t.device)
-    for _ in range(iters):
-        new = _cluster_means(run_points, _centre_scores(run_points, current, run_absent), current)
+    count = len(active)
+    if count == 0:
+        return active
+    # Runs with fewer clusters than the widest run in the batch have zero coordinates and
+    # absent centres beyond their k: a slice of runs of small k only needs its own width.
+    width = int(runs.k[active].max())
+    run_points = F.pad(runs.points(active)[:, :width], (0, 0, 0, 1), value=1.0)
+    run_absent = runs.absent.index_select(0, active)[:, :width]
+    current = centres.index_select(0, active)[:, :width, :width]
+    tolerance, left = runs.tolerance.index_select(0, active), steps_left.index_select(0, active)
+    done = left <= 0
+    while int(done.sum()) < len(done):  # the step's one host sync
+        scores = _centre_scores(run_points[:, :width], current, run_absent)
+        new = _cluster_means(run_points, scores, current)
         converged = (new - current).square().sum(-1).amax(-1) <= tolerance
         current = torch.where(done[:, None, None], current, new)
-        done |= converged
-        finished = int(done.sum())  # the step's one host sync
-        if finished == len(done):
+        left = left - (~done).long()
+        done = done | converged | (left <= 0)
+        moving = int((~done).sum())
+        if moving <= until * count:
             break
-        if 4 * finished >= len(done):
-            centres[active] = current
+        if 4 * (len(done) - moving) >= len(done):
+            centres[active, :width, :width], steps_left[active] = current, left
             still = (~done).nonzero().squeeze(1)
-            active, run_points, run_absent, current, tolerance = (
+            active, run_points, run_absent, current, tolerance, left = (
                 x.index_select(0, still)
-                for x in (active, run_points, run_absent, current, tolerance)
+                for x in (active, run_points, run_absent, current, tolerance, left)
             )
             done = done[still]
-    centres[active] = current
-    return centres
+    centres[active, :width, :width], steps_left[active] = current, left
+    return active[~done]
 
 
 def _merge_coincident(labels: torch.Tensor, centres: torch.Tensor, norms: torch.Tensor):
@@ -364,20 +426,22 @@ def spectral_clustering(
 ) -> dict[int, torch.Tensor]:
     """(B, N, C) features -> {k: (B, N) long labels in [0, k)} for every k, one eigensolve.
 
-    On a CPU the images go through in chunks whose affinity matrices fit in the last-level cache
-    (every product and k-means step re-reads its working set: 1.2-1.4x faster than 32 images at
-    once on a 30x30 grid, measured); on a GPU the whole batch goes at once.
+    On a CPU the eigensolver takes the images in chunks whose affinity matrices fit in the
+    last-level cache (every product re-reads them: 1.2-1.4x faster than 32 images at once on a
+    30x30 grid, measured), and k-means slices its runs likewise; on a GPU the whole batch goes
+    at once.
     """
     if features.ndim != 3:
         raise ValueError(f"features must be (B, N, C), got {tuple(features.shape)}")
     batch, n = features.shape[:2]
-    chunk = max(1, _CPU_CHUNK_BYTES // (4 * n * n))
-    if features.device.type == "cpu" and batch > chunk:
-        parts = [
-            spectral_clustering(features[i : i + chunk], ks, restarts, iters, seed, solver)
+    chunk = batch
+    if features.device.type == "cpu":
+        chunk = max(1, _CPU_CHUNK_BYTES // (4 * n * n))
+    vectors = torch.cat(
+        [
+            spectral_embedding(features[i : i + chunk], max(ks), solver=solver, seed=seed).vectors
             for i in range(0, batch, chunk)
         ]
-        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
-    embedding = spectral_embedding(features, max(ks), solver=solver, seed=seed)
+    )
     generator = torch.Generator().manual_seed(seed)
-    return kmeans(embedding.vectors, ks, restarts, iters, generator)
+    return kmeans(vectors, ks, restarts, iters, generator)
