@@ -243,9 +243,8 @@ def _cluster_means(points_and_ones: torch.Tensor, scores: torch.Tensor, previous
     # One-hot (R, k, N) of the nearest centre: sign(min - score) + 1 is 1 at the minimum and 0
     # elsewhere, in float directly (a bool comparison's conversion to float costs 3x more).
     nearest = (scores.amin(dim=1, keepdim=True) - scores).sign_().add_(1)
-    totals = (points_and_ones @ nearest.transpose(1, 2)).transpose(
-        1, 2
-    )  # 2x faster than (R, k, N) @
+    # (R, d + 1, N) @ (R, N, k) is 2x faster than (R, k, N) @ (R, N, d + 1).
+    totals = (points_and_ones @ nearest.transpose(1, 2)).transpose(1, 2)
     sums, counts = totals[..., :-1], totals[..., -1:]
     return torch.where(counts > 0, sums / counts.clamp_min(1), previous)
 
@@ -276,9 +275,7 @@ def kmeans(
     trials = 2 + int(math.log(width))
     uniform = torch.rand(width, len(runs.k), trials, generator=generator).to(vectors.device)
     # Any slice of the runs (sorted by k) is sorted by k, as the seeding needs.
-    chunk = len(runs.k)
-    if vectors.device.type == "cpu":
-        chunk = max(1, _CPU_CHUNK_BYTES // (_CPU_KMEANS_PASSES * 4 * width * n))
+    chunk = _cpu_chunk(vectors.device, len(runs.k), _CPU_KMEANS_PASSES * 4 * width * n)
     slices = torch.arange(len(runs.k), device=vectors.device).split(chunk)
     seeds = []
     for s in slices:
@@ -349,9 +346,6 @@ def _lloyd(
     runs) is paid once instead of once per slice. A run's result does not depend on the slicing.
     """
     steps_left = torch.full_like(runs.k, iters)
-    if len(slices) == 1:
-        _lloyd_steps(runs, centres, steps_left, slices[0], 0.0)
-        return centres
     slow = [_lloyd_steps(runs, centres, steps_left, s, 1 / 8) for s in slices]
     _lloyd_steps(runs, centres, steps_left, torch.cat(slow), 0.0)
     return centres
@@ -403,6 +397,14 @@ def _lloyd_steps(
     return active[~done]
 
 
+def _cpu_chunk(device: torch.device, count: int, item_bytes: int) -> int:
+    """How many of ``count`` items of ``item_bytes`` each go through at once: on a CPU as many
+    as fit in ``_CPU_CHUNK_BYTES`` (about the last-level cache), elsewhere all of them."""
+    if device.type != "cpu":
+        return count
+    return max(1, _CPU_CHUNK_BYTES // item_bytes)
+
+
 def _merge_coincident(labels: torch.Tensor, centres: torch.Tensor, norms: torch.Tensor):
     """Give clusters whose centres coincide (closer than 1e-3 of the points' rms norm) one label.
 
@@ -434,9 +436,7 @@ def spectral_clustering(
     if features.ndim != 3:
         raise ValueError(f"features must be (B, N, C), got {tuple(features.shape)}")
     batch, n = features.shape[:2]
-    chunk = batch
-    if features.device.type == "cpu":
-        chunk = max(1, _CPU_CHUNK_BYTES // (4 * n * n))
+    chunk = _cpu_chunk(features.device, batch, 4 * n * n)  # one affinity matrix per image
     vectors = torch.cat(
         [
             spectral_embedding(features[i : i + chunk], max(ks), solver=solver, seed=seed).vectors
