@@ -24,7 +24,7 @@ def _planted(batch: int, n: int, k: int, noise: float = 0.05, seed: int = 0):
     return features, truth
 
 
-@pytest.mark.parametrize("solver", ["eigh", "subspace"])
+@pytest.mark.parametrize("solver", ["eigh", "subspace", "krylov"])
 def test_planted_clusters_are_recovered_exactly_for_every_k(solver):
     features, truth = _planted(batch=2, n=200, k=4)
     labels = spectral_clustering(features, [2, 3, 4], restarts=4, iters=30, solver=solver)
@@ -34,10 +34,11 @@ def test_planted_clusters_are_recovered_exactly_for_every_k(solver):
         assert labels[4][b, 0] == 0  # canonical order: the first patch is cluster 0
 
 
-def test_subspace_solver_matches_the_exact_eigenvectors():
+@pytest.mark.parametrize("solver", ["subspace", "krylov"])
+def test_iterative_solvers_match_the_exact_eigenvectors(solver):
     features, _ = _planted(batch=2, n=200, k=5, noise=1.0)
     exact = spectral_embedding(features, 5, solver="eigh")
-    iterative = spectral_embedding(features, 5, solver="subspace", tol=1e-5)
+    iterative = spectral_embedding(features, 5, solver=solver, tol=1e-5)
     assert torch.allclose(exact.eigenvalues, iterative.eigenvalues, atol=1e-4)
     assert torch.allclose(exact.vectors, iterative.vectors, atol=1e-3)
 

@@ -14,12 +14,12 @@ For B images with N patches each (same grid), in one call and on the features' d
    (a constant image, fewer distinct features than k) and are zeroed, so such inputs yield fewer
    non-empty clusters instead of an arbitrary split.
 
-The eigenvectors are computed once for the largest k and reused for every k. ``solver="eigh"``
-is the exact dense ``torch.linalg.eigh``; ``"subspace"`` is block subspace iteration with
-Rayleigh-Ritz to a residual of ``tol``, which needs only matrix products and falls back to
-``eigh`` if it does not converge; ``"auto"`` picks eigh for small grids. The default residual,
-1e-3, takes about 3 products per image; 1e-2 saves one but lowers the agreement with the
-deep-spectral reference on ViT features from mean ARI 0.96 to 0.87 (measured). k-means is batched
+The eigenvectors are computed once for the largest k and reused for every k, by one of the
+solvers of ``eigensolvers.py``: ``"eigh"`` (exact, dense), ``"subspace"`` or ``"krylov"``
+(iterative, to a residual of ``tol``, falling back to eigh if they do not converge); ``"auto"``
+picks eigh for small grids, Krylov on a CPU and subspace iteration elsewhere. The default
+residual, 1e-3, agrees with the deep-spectral reference on ViT features at mean ARI 0.96; 1e-2
+saves a product per image but lowers it to 0.87 (measured). k-means is batched
 over images, k and restarts and seeded by a CPU ``torch.Generator``, so results do not depend
 on the device's random state.
 """
@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from uis_d2.proposals.eigensolvers import ncut_operator, top_eigh, top_krylov, top_subspace
+
 logger = logging.getLogger(__name__)
 
-SOLVERS = ("auto", "eigh", "subspace")
+SOLVERS = ("auto", "eigh", "subspace", "krylov")
 _NO_STRUCTURE_EIGENVALUE = 1e-4
 _AUTO_EIGH_MAX_NODES = 256
 _CPU_CHUNK_BYTES = 16 * 2**20
-_SUBSPACE_OVERSAMPLING = 27
 KMEANS_TOLERANCE = 1e-4
 _CPU_KMEANS_PASSES = 3  # the points, the scores and the one-hot of a run
 
@@ -50,84 +51,13 @@ class SpectralEmbedding:
     eigenvalues: torch.Tensor  # (B, m): mu_1 >= ... >= mu_m of D^-1/2 W D^-1/2
 
 
-@dataclass
-class NcutOperator:
-    """``A' = D^-1/2 W D^-1/2 - u0 u0^T`` of B images, kept as its factors: applying it to a few
-    vectors costs one product with ``W``, and never forming ``A'`` saves four passes over the
-    (B, N, N) matrix (the dominant memory traffic of the subspace solver)."""
-
-    affinity: torch.Tensor  # (B, N, N) W
-    inv_sqrt: torch.Tensor  # (B, N) D^-1/2, 0 where the degree is 0
-    trivial: torch.Tensor  # (B, N) u0
-    unit_features: torch.Tensor  # (B, N, C) f, W's factor before the clamp
-
-    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.inv_sqrt[:, :, None]
-        product = scale * (self.affinity @ (scale * x))
-        return product - self.trivial[:, :, None] * (self.trivial[:, None, :] @ x)
-
-    def __getitem__(self, images: torch.Tensor) -> NcutOperator:
-        return NcutOperator(*(getattr(self, f.name)[images] for f in fields(self)))
-
-    def dense(self) -> torch.Tensor:
-        matrix = self.inv_sqrt[:, :, None] * self.affinity * self.inv_sqrt[:, None, :]
-        return matrix - self.trivial[:, :, None] * self.trivial[:, None, :]
-
-
-def ncut_operator(features: torch.Tensor) -> NcutOperator:
-    """(B, N, C) features -> the deflated normalised affinity of their patch graphs."""
-    f = torch.nan_to_num(features.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    f = F.normalize(f, dim=-1)
-    affinity = (f @ f.transpose(1, 2)).clamp_min_(0)
-    degree = affinity.sum(dim=-1)
-    inv_sqrt = torch.where(degree > 1e-12, degree.clamp_min(1e-12).rsqrt(), 0.0)
-    return NcutOperator(affinity, inv_sqrt, F.normalize(degree.sqrt(), dim=-1), f)
-
-
-def _top_eigh(operator: NcutOperator, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    values, vectors = torch.linalg.eigh(operator.dense())
-    return values.flip(-1)[:, :m], vectors.flip(-1)[:, :, :m]
-
-
-def _top_subspace(
-    operator: NcutOperator,
-    m: int,
-    generator: torch.Generator,
-    tol: float,
-    max_iters: int,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Leading m eigenpairs by subspace iteration; None when a residual stays above ``tol``.
-
-    An image leaves the batch once its residual is below ``tol``, so the others do not keep it
-    iterating. The block is m + 27 wide: on a CPU a product with 32 columns costs about what one
-    with 17 does, and converges in fewer steps (measured).
-    """
-    batch, n, _ = operator.affinity.shape
-    width = min(n, m + _SUBSPACE_OVERSAMPLING)
-    # Start in the range of D^-1/2 F: where most affinities are positive, A ~ D^-1/2 F F^T D^-1/2,
-    # so this start is already close to the leading subspace (3 products instead of 4 to 5).
-    features = operator.unit_features
-    mixing = torch.randn(batch, features.shape[2], width, generator=generator).to(features)
-    start = operator.inv_sqrt[:, :, None] * (features @ mixing)
-    basis = torch.linalg.qr(start).Q
-    values = start.new_zeros(batch, m)
-    vectors = start.new_zeros(batch, n, m)
-    pending = torch.arange(batch, device=start.device)
-    for _ in range(max_iters):
-        image = operator @ basis
-        small = basis.transpose(1, 2) @ image
-        theta, rotation = torch.linalg.eigh(0.5 * (small + small.transpose(1, 2)))
-        theta, rotation = theta.flip(-1), rotation.flip(-1)
-        ritz, ritz_image = basis @ rotation, image @ rotation
-        residual = (ritz_image - ritz * theta[:, None, :])[:, :, :m].norm(dim=1)
-        done = residual.amax(dim=-1) <= tol
-        values[pending[done]], vectors[pending[done]] = theta[done, :m], ritz[done, :, :m]
-        if bool(done.all()):
-            return values, vectors
-        if bool(done.any()):
-            pending, operator, ritz_image = pending[~done], operator[~done], ritz_image[~done]
-        basis = torch.linalg.qr(ritz_image).Q
-    return None
+def _auto_solver(device: torch.device, n: int) -> str:
+    """Exact eigh on small grids; block Krylov on a CPU, where its narrow products are cheap;
+    subspace iteration on a GPU, where its few wide steps save kernel launches and host syncs
+    (the Krylov solver has not been measured on a GPU)."""
+    if n <= _AUTO_EIGH_MAX_NODES:
+        return "eigh"
+    return "krylov" if device.type == "cpu" else "subspace"
 
 
 def spectral_embedding(
@@ -145,14 +75,15 @@ def spectral_embedding(
     n = operator.affinity.shape[1]
     m = min(num_vectors, n)
     if solver == "auto":
-        solver = "eigh" if n <= _AUTO_EIGH_MAX_NODES else "subspace"
+        solver = _auto_solver(operator.affinity.device, n)
     result = None
-    if solver == "subspace":
+    if solver != "eigh":
         generator = torch.Generator().manual_seed(seed)
-        result = _top_subspace(operator, m, generator, tol, max_iters)
+        iterative = top_krylov if solver == "krylov" else top_subspace
+        result = iterative(operator, m, generator, tol, max_iters)
         if result is None:
-            logger.info("subspace iteration did not converge in %d steps; using eigh", max_iters)
-    values, vectors = result if result is not None else _top_eigh(operator, m)
+            logger.info("%s solver did not converge in %d steps; using eigh", solver, max_iters)
+    values, vectors = result if result is not None else top_eigh(operator, m)
     vectors = vectors * (values > _NO_STRUCTURE_EIGENVALUE)[:, None, :]
     # Fix each vector's sign (largest entry positive) so both solvers give identical output.
     peak = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True))
@@ -225,24 +156,29 @@ def canonical_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
     return rank.gather(1, labels)
 
 
-def _centre_scores(points_t: torch.Tensor, centres: torch.Tensor, absent: torch.Tensor):
-    """(R, d, N) points, (R, k, d) centres -> (R, k, N) squared distances minus each point's
-    norm (which ranks centres like the distance), by one batched product; ``absent`` (R, k, 1)
-    is +inf for the padding centres of runs with fewer clusters, so no point ever picks them.
-    Points along the last axis make the product and the per-point reductions over k vectorise
-    (about 5x faster than the (R, N, k) layout on CPU, measured)."""
-    centre_norms = centres.square().sum(-1)[:, :, None] + absent
-    return torch.baddbmm(centre_norms, centres, points_t, alpha=-2)
+def _centre_scores(
+    points_and_ones: torch.Tensor, centres: torch.Tensor, absent: torch.Tensor
+) -> torch.Tensor:
+    """(R, d + 1, N) points with a row of ones, (R, k, d) centres -> (R, k, N) squared
+    distances minus each point's norm (which ranks centres like the distance), by one batched
+    product: each centre's squared norm rides on the row of ones, which saves the two passes of
+    adding a broadcast offset. ``absent`` (R, k, 1) is +inf for the padding centres of runs with
+    fewer clusters, so no point ever picks them. Points along the last axis make the product
+    and the per-point reductions over k vectorise (about 5x faster than the (R, N, k) layout on
+    CPU, measured)."""
+    centre_norms = centres.square().sum(-1, keepdim=True) + absent
+    return torch.cat([centres * -2, centre_norms], dim=-1) @ points_and_ones
 
 
 def _cluster_means(points_and_ones: torch.Tensor, scores: torch.Tensor, previous: torch.Tensor):
     """Mean of the points nearest to each centre, by a one-hot product; an empty cluster keeps
     its previous centre. A point equidistant to two centres counts for both: only coincident
     centres tie in practice, and they stay coincident until ``_merge_coincident`` joins them.
-    The points (R, d + 1, N) carry a row of ones, so the product counts the members too."""
-    # One-hot (R, k, N) of the nearest centre: sign(min - score) + 1 is 1 at the minimum and 0
-    # elsewhere, in float directly (a bool comparison's conversion to float costs 3x more).
-    nearest = (scores.amin(dim=1, keepdim=True) - scores).sign_().add_(1)
+    The points (R, d + 1, N) carry a row of ones, so the product counts the members too.
+    ``scores`` is overwritten."""
+    # One-hot (R, k, N) of the nearest centre, in place and in float directly: one pass, where
+    # a bool comparison's conversion to float costs 3x more (measured).
+    nearest = scores.le_(scores.amin(dim=1, keepdim=True))
     # (R, d + 1, N) @ (R, N, k) is 2x faster than (R, k, N) @ (R, N, d + 1).
     totals = (points_and_ones @ nearest.transpose(1, 2)).transpose(1, 2)
     sums, counts = totals[..., :-1], totals[..., -1:]
@@ -280,7 +216,7 @@ def kmeans(
     seeds = []
     for s in slices:
         used = int(runs.k[s[0]])  # a slice's first run is its widest; the rest is zero padding
-        points = runs.points(s)[:, :used]
+        points = runs.points(s, used)[:, :used]
         seeds.append(F.pad(_kmeans_plus_plus(points, runs.k[s], uniform[:, s]), (0, width - used)))
     seeds = torch.cat(seeds)
     centres = _lloyd(runs, seeds, iters, slices)
@@ -306,7 +242,7 @@ class _Runs:
     """The (k, image, restart) runs of one k-means batch, larger k first; the restarts of one
     (k, image) group share its points, stored once."""
 
-    points_t: torch.Tensor  # (G, m, N): the image's first k coordinates, the rest zero
+    points_t: torch.Tensor  # (G, m + 1, N): the image's first k coordinates, zeros, ones
     group: torch.Tensor  # (R,) each run's group (R = G * restarts)
     k: torch.Tensor  # (R,)
     absent: torch.Tensor  # (R, m, 1): +inf for the centres beyond the run's k, else 0
@@ -326,13 +262,16 @@ class _Runs:
         # coordinates clustered.
         variance = vectors.var(dim=1, correction=0).cumsum(dim=-1)[:, ks - 1] / ks  # (B, K)
         tolerance = KMEANS_TOLERANCE * variance.T.repeat_interleave(restarts, dim=1).flatten()
-        return _Runs(
-            points_t.reshape(-1, width, n), group, ks.repeat_interleave(per_k), absent, tolerance
-        )
+        points_t = F.pad(points_t.reshape(-1, width, n), (0, 0, 0, 1), value=1.0)
+        return _Runs(points_t, group, ks.repeat_interleave(per_k), absent, tolerance)
 
-    def points(self, runs: torch.Tensor) -> torch.Tensor:
-        """(R', m, N) points of the runs ``runs`` (a copy: the working set of their steps)."""
-        return self.points_t.index_select(0, self.group[runs])
+    def points(self, runs: torch.Tensor, width: int) -> torch.Tensor:
+        """(R', width + 1, N): the first ``width`` coordinates and the row of ones of the runs
+        ``runs`` (a copy: the working set of their steps)."""
+        points = self.points_t.index_select(0, self.group[runs])
+        if width + 1 == points.shape[1]:
+            return points
+        return torch.cat([points[:, :width], points[:, -1:]], dim=1)
 
 
 def _lloyd(
@@ -370,13 +309,13 @@ def _lloyd_steps(
     # Runs with fewer clusters than the widest run in the batch have zero coordinates and
     # absent centres beyond their k: a slice of runs of small k only needs its own width.
     width = int(runs.k[active].max())
-    run_points = F.pad(runs.points(active)[:, :width], (0, 0, 0, 1), value=1.0)
+    run_points = runs.points(active, width)
     run_absent = runs.absent.index_select(0, active)[:, :width]
     current = centres.index_select(0, active)[:, :width, :width]
     tolerance, left = runs.tolerance.index_select(0, active), steps_left.index_select(0, active)
     done = left <= 0
     while int(done.sum()) < len(done):  # the step's one host sync
-        scores = _centre_scores(run_points[:, :width], current, run_absent)
+        scores = _centre_scores(run_points, current, run_absent)
         new = _cluster_means(run_points, scores, current)
         converged = (new - current).square().sum(-1).amax(-1) <= tolerance
         current = torch.where(done[:, None, None], current, new)
