@@ -180,8 +180,8 @@ def add_proposals_config(cfg: CN) -> None:
     # Every k of k-way spectral clustering; 2+3+4+5 = 14 masks per image (paper).
     p.SPECTRAL.K = [2, 3, 4, 5]
     # k-means restarts and iterations on the eigenvector rows (open; 8 greedy k-means++ restarts
-    # agree with scikit-learn's n_init=10 at mean ARI 0.983 on benchmarks/bench_proposals.py,
-    # 4 at 0.953).
+    # agree with scikit-learn's n_init=10 at mean ARI 0.985 on benchmarks/bench_proposals.py,
+    # 6 at 0.972, 4 at 0.944).
     p.SPECTRAL.KMEANS_RESTARTS = 8
     p.SPECTRAL.KMEANS_ITERS = 50
     # Connected components smaller than this many patches are discarded when splitting (open).
