@@ -8,10 +8,10 @@ with mu descending, or None when an iterative one has not reached a residual
 - ``top_subspace``: block subspace iteration with Rayleigh-Ritz, m + 27 columns a step. Few,
   wide steps suit a GPU, where each step costs kernel launches and a host sync.
 - ``top_krylov``: thick-restart block Krylov (block Lanczos with full reorthogonalisation, in
-  Davidson form), 8 rows a step. It needs about 40 instead of 100 products with one column per
-  image on ViT features, and runs its narrow products in the ``x^T W`` form, which a CPU BLAS
-  runs about twice as fast as ``W x`` at widths up to 8 (measured): 1.5x faster than subspace
-  iteration on a CPU at the same residual, 2.3x on 768-d features (measured).
+  Davidson form), 8 rows a step. On the benchmark's features it needs about 40 instead of 100
+  products with one column per image, and runs its narrow products in the ``x^T W`` form, which
+  a CPU BLAS runs about twice as fast as ``W x`` at widths up to 8: 1.4x faster than subspace
+  iteration on a CPU at the same residual there, 2.3x on 768-d random features (measured).
 """
 
 from __future__ import annotations
