@@ -27,6 +27,7 @@ setup(
         "tqdm",
         "matplotlib>=3.6",
         "orjson>=3.9",
+        "numba>=0.60",
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval>=1.6"],

@@ -93,9 +93,9 @@ def test_invalid_solver_and_shapes_are_rejected():
 def test_cpu_chunks_give_the_same_clusters_as_one_batch(monkeypatch):
     features, truth = _planted(batch=3, n=300, k=4, noise=0.5)
     whole = spectral_clustering(features, [2, 4], restarts=4)
-    # One image per eigensolver chunk, and k-means slices of 5 of the 24 runs (a 4-wide run
-    # takes 3 * 4 * 4 * 300 bytes): the slices of k = 2 runs are trimmed to 2 coordinates,
-    # and the slow runs of all slices finish together.
+    # One image per eigensolver chunk, and k-means++ seeding in slices of 5 of the 24 runs (a
+    # 4-wide run takes 3 * 4 * 4 * 300 bytes): the slices of k = 2 runs are trimmed to 2
+    # coordinates.
     monkeypatch.setattr(spectral, "_CPU_CHUNK_BYTES", 5 * 3 * 4 * 4 * 300)
     chunked = spectral_clustering(features, [2, 4], restarts=4)
     assert all(torch.equal(whole[k], chunked[k]) for k in (2, 4))
@@ -116,26 +116,17 @@ def test_every_k_of_one_batch_uses_k_labels_at_a_lloyd_fixed_point():
             assert torch.equal(torch.cdist(points, means).argmin(1), result[b])
 
 
-def test_kmeans_slices_and_their_joint_tail_change_no_run(monkeypatch):
-    """Unstructured points keep some runs moving past their slice's bulk, so the slow runs of
-    the slices finish in one joint batch; every run must end where it would in one batch."""
+def test_compiled_lloyd_steps_equal_the_batched_torch_steps():
+    """The CPU's compiled loops and the GPU's batched torch steps (run here on the CPU) must
+    end every run at the same centres, on points unstructured enough to need many steps."""
     vectors = torch.randn(3, 300, 4, generator=torch.Generator().manual_seed(0))
-    whole = kmeans(
-        vectors, [2, 4], restarts=8, iters=30, generator=torch.Generator().manual_seed(1)
+    runs = spectral._Runs.build(vectors, [4, 3, 2], restarts=8)
+    uniform = torch.rand(4, len(runs.k), 3, generator=torch.Generator().manual_seed(1))
+    seeds = spectral._kmeans_plus_plus(
+        runs.points(torch.arange(len(runs.k)), 4)[:, :4], runs.k, uniform
     )
-    calls = []
-    steps = spectral._lloyd_steps
-
-    def recording(*args):
-        still_moving = steps(*args)
-        calls.append((len(args[3]), len(still_moving)))
-        return still_moving
-
-    monkeypatch.setattr(spectral, "_lloyd_steps", recording)
-    monkeypatch.setattr(spectral, "_CPU_CHUNK_BYTES", 16 * 3 * 4 * 4 * 300)  # 16 of 48 runs
-    sliced = kmeans(
-        vectors, [2, 4], restarts=8, iters=30, generator=torch.Generator().manual_seed(1)
-    )
-    assert [size for size, _ in calls[:3]] == [16, 16, 16]
-    assert calls[-1][0] == sum(moving for _, moving in calls[:3]) > 0  # the joint tail
-    assert all(torch.equal(whole[k], sliced[k]) for k in (2, 4))
+    compiled = spectral._lloyd(runs, seeds.clone(), iters=30)
+    batched = spectral._lloyd_batched(runs, seeds.clone(), iters=30)
+    assert torch.allclose(compiled, batched, atol=1e-5)
+    moved = (compiled - seeds).abs().amax(dim=(1, 2))
+    assert (moved > 1e-3).float().mean() > 0.9  # the runs did move from their seeds

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from uis_d2.proposals.eigensolvers import ncut_operator, top_eigh, top_krylov, top_subspace
+from uis_d2.proposals.lloyd_cpu import lloyd_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _NO_STRUCTURE_EIGENVALUE = 1e-4
 _AUTO_EIGH_MAX_NODES = 256
 _CPU_CHUNK_BYTES = 16 * 2**20
 KMEANS_TOLERANCE = 1e-4
-_CPU_KMEANS_PASSES = 3  # the points, the scores and the one-hot of a run
+_CPU_KMEANS_PASSES = 3  # seeding: a run's points, its candidates' distances, their minimum
 
 
 @dataclass
@@ -198,9 +199,10 @@ def kmeans(
     ``vectors[..., :k]`` for every k in ``ks``. All (k, image, restart) runs form one batch,
     zero-padded to max(ks) coordinates and centres (padding centres are never chosen), so a
     batch takes as many steps as its slowest run, not the sum over k: on a GPU each step is a
-    handful of kernel launches and one host sync. On a CPU the runs go through in cache-sized
-    slices (see ``_lloyd``). An emptied cluster keeps its previous centre, so k-means on fewer
-    distinct points than k leaves clusters empty.
+    handful of kernel launches and one host sync. On a CPU the seeding goes through cache-sized
+    slices of the runs and the Lloyd steps through compiled loops (see ``_lloyd``). An emptied
+    cluster keeps its previous centre, so k-means on fewer distinct points than k leaves
+    clusters empty.
     """
     batch, n, _ = vectors.shape
     order = sorted({int(k) for k in ks}, reverse=True)
@@ -219,7 +221,7 @@ def kmeans(
         points = runs.points(s, used)[:, :used]
         seeds.append(F.pad(_kmeans_plus_plus(points, runs.k[s], uniform[:, s]), (0, width - used)))
     seeds = torch.cat(seeds)
-    centres = _lloyd(runs, seeds, iters, slices)
+    centres = _lloyd(runs, seeds, iters)
     # The restarts of a group side by side: one product scores all their centres.
     groups = len(runs.points_t)
     absent = runs.absent.view(groups, restarts * width, 1)
@@ -274,66 +276,43 @@ class _Runs:
         return torch.cat([points[:, :width], points[:, -1:]], dim=1)
 
 
-def _lloyd(
-    runs: _Runs, centres: torch.Tensor, iters: int, slices: tuple[torch.Tensor, ...]
-) -> torch.Tensor:
-    """Up to ``iters`` Lloyd steps per run, until its centres move less than its tolerance.
-
-    Each slice of runs goes alone until only an eighth of it is still moving; the slow runs of
-    all slices then finish together. The bulk of the work stays in the cache, and the long tail
-    of a few slow runs (up to ``iters`` steps, each a dozen small ops whatever the number of
-    runs) is paid once instead of once per slice. A run's result does not depend on the slicing.
-    """
-    steps_left = torch.full_like(runs.k, iters)
-    slow = [_lloyd_steps(runs, centres, steps_left, s, 1 / 8) for s in slices]
-    _lloyd_steps(runs, centres, steps_left, torch.cat(slow), 0.0)
-    return centres
+def _lloyd(runs: _Runs, centres: torch.Tensor, iters: int) -> torch.Tensor:
+    """Up to ``iters`` Lloyd steps per run, until its centres move less than its tolerance: on a
+    CPU by compiled loops (``lloyd_cpu``), elsewhere by batched torch steps."""
+    if centres.device.type == "cpu":
+        return lloyd_cpu(runs.points_t, runs.group, runs.k, centres, runs.tolerance, iters)
+    return _lloyd_batched(runs, centres, iters)
 
 
-def _lloyd_steps(
-    runs: _Runs,
-    centres: torch.Tensor,
-    steps_left: torch.Tensor,
-    active: torch.Tensor,
-    until: float,
-) -> torch.Tensor:
-    """Lloyd steps on the runs ``active`` until at most ``until`` of them are still moving;
-    writes their centres and step budgets back, returns the runs still moving.
+def _lloyd_batched(runs: _Runs, centres: torch.Tensor, iters: int) -> torch.Tensor:
+    """Lloyd steps of all runs at once, each a handful of kernels and one host sync.
 
     A converged run is frozen, and the batch drops its frozen runs once they are a quarter of
     it: dropping them at every step would copy the points each step (as costly as the step).
     """
-    count = len(active)
-    if count == 0:
-        return active
-    # Runs with fewer clusters than the widest run in the batch have zero coordinates and
-    # absent centres beyond their k: a slice of runs of small k only needs its own width.
-    width = int(runs.k[active].max())
-    run_points = runs.points(active, width)
-    run_absent = runs.absent.index_select(0, active)[:, :width]
-    current = centres.index_select(0, active)[:, :width, :width]
-    tolerance, left = runs.tolerance.index_select(0, active), steps_left.index_select(0, active)
-    done = left <= 0
-    while int(done.sum()) < len(done):  # the step's one host sync
+    active = torch.arange(len(runs.k), device=centres.device)
+    run_points = runs.points(active, centres.shape[1])
+    run_absent, current, tolerance = runs.absent, centres.clone(), runs.tolerance
+    done = torch.zeros_like(active, dtype=torch.bool)
+    for _ in range(iters):
         scores = _centre_scores(run_points, current, run_absent)
         new = _cluster_means(run_points, scores, current)
         converged = (new - current).square().sum(-1).amax(-1) <= tolerance
         current = torch.where(done[:, None, None], current, new)
-        left = left - (~done).long()
-        done = done | converged | (left <= 0)
-        moving = int((~done).sum())
-        if moving <= until * count:
+        done = done | converged
+        moving = int((~done).sum())  # the step's one host sync
+        if moving == 0:
             break
         if 4 * (len(done) - moving) >= len(done):
-            centres[active, :width, :width], steps_left[active] = current, left
+            centres[active] = current
             still = (~done).nonzero().squeeze(1)
-            active, run_points, run_absent, current, tolerance, left = (
+            active, run_points, run_absent, current, tolerance = (
                 x.index_select(0, still)
-                for x in (active, run_points, run_absent, current, tolerance, left)
+                for x in (active, run_points, run_absent, current, tolerance)
             )
             done = done[still]
-    centres[active, :width, :width], steps_left[active] = current, left
-    return active[~done]
+    centres[active] = current
+    return centres
 
 
 def _cpu_chunk(device: torch.device, count: int, item_bytes: int) -> int:
