@@ -3,7 +3,7 @@
 In torch each Lloyd step of a run is two tiny batched products ((k, d+1) by (d+1, N) and back)
 plus a few passes, and MKL runs such products at a few GFLOP/s: about 9 us per run and step on
 the benchmark's 30x30 grids. Compiled loops take every run to its own convergence in one call:
-k-means 1.46x faster, spectral clustering 1.12x (measured on the benchmark's features, same
+spectral clustering is 1.14x faster end to end (measured on the benchmark's features, same
 labels). The GPU keeps the batched torch steps.
 """
 

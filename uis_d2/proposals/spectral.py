@@ -86,7 +86,7 @@ def spectral_embedding(
             logger.info("%s solver did not converge in %d steps; using eigh", solver, max_iters)
     values, vectors = result if result is not None else top_eigh(operator, m)
     vectors = vectors * (values > _NO_STRUCTURE_EIGENVALUE)[:, None, :]
-    # Fix each vector's sign (largest entry positive) so both solvers give identical output.
+    # Fix each vector's sign (largest entry positive) so all solvers give identical output.
     peak = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True))
     vectors = vectors * torch.where(peak < 0, -1.0, 1.0)
     return SpectralEmbedding(vectors * operator.inv_sqrt[:, :, None], values)
@@ -292,7 +292,7 @@ def _lloyd_batched(runs: _Runs, centres: torch.Tensor, iters: int) -> torch.Tens
     """
     active = torch.arange(len(runs.k), device=centres.device)
     run_points = runs.points(active, centres.shape[1])
-    run_absent, current, tolerance = runs.absent, centres.clone(), runs.tolerance
+    run_absent, current, tolerance = runs.absent, centres, runs.tolerance
     done = torch.zeros_like(active, dtype=torch.bool)
     for _ in range(iters):
         scores = _centre_scores(run_points, current, run_absent)
