@@ -43,12 +43,24 @@ def _table_rows(html: str) -> dict[str, list[float]]:
 def test_demo_writes_report_metrics_and_pictures(demo):
     out, _, metrics, _ = demo
     written = json.loads((out / "metrics.json").read_text())
-    assert set(written) == {"proposals", "trained"}
+    assert set(written) == {"proposals", "trained", "run"}
     assert set(written["trained"]["segm"]) >= set(TABLE_KEYS)
     assert written == json.loads(json.dumps(metrics))
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert (out / "curves/losses_round1.png").stat().st_size > 0
     assert (out / "analysis/recall_by_count.png").stat().st_size > 0
+
+
+def test_metrics_name_the_command_commit_and_timings_of_the_run(demo):
+    out, _, metrics, args = demo
+    run = metrics["run"]
+    assert run["command"].startswith("python tools/run_demo.py " + " ".join(args))
+    assert run["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", run["commit"])
+    assert run["skipped_steps"] == []  # the fixture ran from scratch
+    steps = {"synthetic data", "proposals for synthetic_train", "training + evaluation"}
+    assert steps <= set(run["seconds"])
+    timed = sum(v for k, v in run["seconds"].items() if k != "total")
+    assert 0 < timed <= run["seconds"]["total"]
 
 
 def test_report_numbers_are_read_back_from_the_evaluation_files(demo):
@@ -72,4 +84,6 @@ def test_rerun_skips_finished_steps_and_keeps_results(demo, capsys):
     again = run_demo.main([*args, "--train-opts", *TINY_TRAINING])
     printed = capsys.readouterr().out
     assert printed.count("already done") >= 5
-    assert json.dumps(again) == json.dumps(metrics)
+    assert len(again["run"]["skipped_steps"]) == printed.count("already done")
+    methods = {name: m for name, m in again.items() if name != "run"}
+    assert json.dumps(methods) == json.dumps({n: m for n, m in metrics.items() if n != "run"})

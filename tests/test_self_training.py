@@ -10,7 +10,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 
 # isort: split
 from detectron2.structures import Instances
-from training_cases import make_synthetic_root, tiny_training_cfg
+from training_cases import EMBED_DIM, make_synthetic_root, tiny_training_cfg
 
 from uis_d2.data.validation import check_coco_json
 from uis_d2.engine import run_self_training
@@ -47,20 +47,23 @@ def test_two_rounds_write_pseudo_labels_and_resume_skips_finished_rounds(tmp_pat
     for annotation in data["annotations"]:
         per_image[annotation["image_id"]] = per_image.get(annotation["image_id"], 0) + 1
         mask = rle_to_mask(annotation["segmentation"])
-        # ... with xywh boxes and areas that match the masks, and no embeddings (none predicted).
+        # ... with xywh boxes and areas that match the masks, and the predicted embeddings.
         assert annotation["bbox"] == mask_to_box_xywh(mask)
         assert annotation["area"] == int(mask.sum()) > 0
         assert annotation["category_id"] == 1 and annotation["iscrowd"] == 0
         assert annotation["score"] >= cfg.SELF_TRAINING.SCORE_THRESH
-        assert "emb" not in annotation
+        assert len(annotation["emb"]) == EMBED_DIM
     assert per_image and max(per_image.values()) <= cfg.SELF_TRAINING.MAX_PER_IMAGE
     scores = [a["score"] for a in data["annotations"] if a["image_id"] == 1]
     assert scores == sorted(scores, reverse=True)
 
-    # Round 1 learned embeddings from the proposals; round 2 trained on round 1's predictions,
-    # which have none, from the same initial weights.
+    # Round 1 learned embeddings from the proposals; round 2 learns them from round 1's
+    # predicted embeddings: its semantic loss is trained, not silently zero.
     assert _has_embedding_head(out / "round1/model_final.pth")
-    assert not _has_embedding_head(out / "round2/model_final.pth")
+    assert _has_embedding_head(out / "round2/model_final.pth")
+    round2_metrics = [json.loads(line) for line in (out / "round2/metrics.json").open()]
+    assert round2_metrics and all(m["loss_sem"] > 0 for m in round2_metrics if "loss_sem" in m)
+    assert any("loss_sem" in m for m in round2_metrics)
     assert (out / "round2/inference/synthetic_val/class_agnostic_metrics.json").is_file()
 
     outputs = [out / "round1/model_final.pth", pseudo, out / "round2/model_final.pth"]
@@ -76,7 +79,7 @@ def test_score_threshold_and_top_k_select_predictions():
     instances = Instances((8, 8))
     instances.pred_masks = masks
     instances.scores = torch.tensor([0.2, 0.9, 0.5, 0.4])
-    instances.pred_embs = torch.arange(8, dtype=torch.float32).view(4, 2)
+    instances.pred_embeddings = torch.arange(8, dtype=torch.float32).view(4, 2)
     annotations = predictions_to_annotations(instances, score_thresh=0.3, max_per_image=2)
     assert [a["score"] for a in annotations] == pytest.approx([0.9, 0.5])
     assert [a["emb"] for a in annotations] == [[2.0, 3.0], [4.0, 5.0]]

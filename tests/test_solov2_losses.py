@@ -19,9 +19,10 @@ from uis_d2.modeling.solov2.losses import (
     dice_loss,
     embedding_loss,
     neighbour_offsets,
-    pairwise_affinity_loss,
+    pairwise_affinity_sums,
     pairwise_warmup,
     projection_dice_losses,
+    reduce_over_instances,
     sigmoid_focal_loss_sum,
     solov2_losses,
 )
@@ -50,6 +51,22 @@ def test_projection_dice_hand_values():
     )
 
 
+def small_square(size: int, side: int, top_left: int = 40) -> torch.Tensor:
+    mask = torch.zeros(1, size, size)
+    mask[0, top_left : top_left + side, top_left : top_left + side] = 1.0
+    return mask
+
+
+def test_perfect_small_object_costs_nothing_and_a_grown_mask_costs_more():
+    """Average projections of a 16-pixel object have tiny squared sums: a large Dice eps (1e-3)
+    made its perfect prediction cost 0.23 here and put the minimum at a larger mask."""
+    target = small_square(128, 4)
+    avg, peak = projection_dice_losses(target, target)
+    assert avg.item() < 0.01 and peak.item() < 0.01
+    grown = small_square(128, 6, top_left=39)
+    assert projection_dice_losses(grown, target)[0].item() > avg.item() + 0.01
+
+
 def test_projections_ignore_what_the_projection_cannot_see():
     # Max projections of a filled box and of its outline are equal: the weak loss is box-level.
     box = torch.zeros(1, 6, 6)
@@ -68,31 +85,75 @@ def full_box(height: int, width: int) -> torch.Tensor:
     return torch.tensor([[0.0, 0.0, float(width), float(height)]])
 
 
+def pairwise_loss(logits, lab, box, valid=None) -> float:
+    """Mean over the counted pairs of one instance."""
+    total, count = pairwise_affinity_sums(logits, lab, torch.tensor([0]), box, 0.3, valid=valid)
+    return (total / count.clamp(min=1.0)).item()
+
+
 def test_pairwise_hand_value_on_constant_logits():
     # Every pair has p = 0.75: -log(0.75^2 + 0.25^2) = -log(0.625).
     logits = torch.full((1, 3, 3), math.log(3.0))
-    loss = pairwise_affinity_loss(logits, uniform_lab(3, 3), torch.tensor([0]), full_box(3, 3), 0.3)
-    assert loss.item() == pytest.approx(-math.log(0.625), rel=1e-5)
+    loss = pairwise_loss(logits, uniform_lab(3, 3), full_box(3, 3))
+    assert loss == pytest.approx(-math.log(0.625), rel=1e-5)
 
 
 def test_pairwise_is_finite_and_large_for_confident_disagreement():
     logits = torch.full((1, 4, 4), 100.0)
     logits[0, :, 2:] = -100.0
-    loss = pairwise_affinity_loss(logits, uniform_lab(4, 4), torch.tensor([0]), full_box(4, 4), 0.3)
-    assert torch.isfinite(loss) and loss.item() > 10
+    loss = pairwise_loss(logits, uniform_lab(4, 4), full_box(4, 4))
+    assert math.isfinite(loss) and loss > 10
 
 
-def test_pairwise_ignores_pixels_outside_the_box():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(1, 8, 8, generator=gen) * 10  # noisy everywhere...
-    logits[0, 2:6, 2:6] = 10.0  # ...except a confident, consistent box interior
-    box = torch.tensor([[2.0, 2.0, 6.0, 6.0]])
-    loss = pairwise_affinity_loss(logits, uniform_lab(8, 8), torch.tensor([0]), box, 0.3)
-    assert loss.item() < 1e-3
-    everywhere = pairwise_affinity_loss(
-        logits, uniform_lab(8, 8), torch.tensor([0]), full_box(8, 8), 0.3
+def test_pairwise_counts_pairs_by_their_centre_pixel():
+    """(i, j) counts when the centre i is in the box, wherever j lies (ref); so a pair with one
+    pixel on each side of the box edge counts once, a pair inside twice, one outside never."""
+    logits = torch.zeros(1, 1, 3)
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0]])  # only pixel (0, 0)
+    total, count = pairwise_affinity_sums(
+        logits, uniform_lab(1, 3), torch.tensor([0]), box, 0.3, dilation=2
     )
-    assert everywhere.item() > 1.0
+    assert count.item() == 1.0  # (0,0) -> (0,2); never (0,2) -> (0,0)
+    assert total.item() == pytest.approx(-math.log(0.5), rel=1e-5)
+    _, both_inside = pairwise_affinity_sums(
+        logits, uniform_lab(1, 3), torch.tensor([0]), full_box(1, 3), 0.3, dilation=2
+    )
+    assert both_inside.item() == 2.0
+
+
+def test_pairwise_border_pair_with_a_disagreeing_outside_neighbour_counts():
+    logits = torch.full((1, 8, 8), 10.0)
+    logits[0, :, 6:] = -10.0  # the object stops at column 6; the box at column 4
+    box = torch.tensor([[0.0, 0.0, 4.0, 8.0]])
+    # At dilation 2, the box's last column (3) pairs with column 5, which agrees...
+    assert pairwise_loss(logits, uniform_lab(8, 8), box) < 1e-3
+    # ...while a box one column wider pairs its column 4 with the disagreeing column 6.
+    wider = torch.tensor([[0.0, 0.0, 5.0, 8.0]])
+    assert pairwise_loss(logits, uniform_lab(8, 8), wider) > 0.5
+
+
+def test_pairwise_ignores_pairs_with_both_pixels_outside_the_box():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 10, 10, generator=gen) * 10  # noisy everywhere...
+    logits[0, 2:8, 2:8] = 10.0  # ...and confident in and around the box [4, 6)
+    box = torch.tensor([[4.0, 4.0, 6.0, 6.0]])
+    loss = pairwise_loss(logits, uniform_lab(10, 10), box)
+    assert loss < 1e-3
+    # Noise where no pixel of the box reaches it (dilation 2) changes nothing.
+    assert pairwise_loss(logits.clamp(max=-3.0), uniform_lab(10, 10), full_box(10, 10)) > 0
+    far = logits.clone()
+    far[0, :2] = far[0, 8:] = 0.0
+    assert pairwise_loss(far, uniform_lab(10, 10), box) == pytest.approx(loss, abs=1e-9)
+
+
+def test_pairwise_never_pairs_a_pixel_with_the_padding():
+    logits = torch.full((1, 4, 6), 10.0)
+    logits[0, :, 4:] = -10.0  # the padding columns 4-5 are predicted background
+    valid = torch.zeros(1, 4, 6, dtype=torch.bool)
+    valid[0, :, :4] = True
+    box = full_box(4, 4)
+    assert pairwise_loss(logits, uniform_lab(4, 6), box, valid) < 1e-3
+    assert pairwise_loss(logits, uniform_lab(4, 6), box) > 1.0
 
 
 def test_pairwise_ignores_pairs_of_dissimilar_colour():
@@ -102,12 +163,21 @@ def test_pairwise_ignores_pairs_of_dissimilar_colour():
     lab = rgb_to_lab(rgb)
     logits = torch.full((1, 6, 6), -10.0)
     logits[0, :, 3:] = 10.0
-    split = pairwise_affinity_loss(logits, lab, torch.tensor([0]), full_box(6, 6), 0.3)
-    assert split.item() < 1e-3
-    same_colour = pairwise_affinity_loss(
-        logits, uniform_lab(6, 6), torch.tensor([0]), full_box(6, 6), 0.3
+    assert pairwise_loss(logits, lab, full_box(6, 6)) < 1e-3
+    assert pairwise_loss(logits, uniform_lab(6, 6), full_box(6, 6)) > 1.0
+
+
+def test_level_reduction_averages_each_level_then_the_levels():
+    values = torch.tensor([1.0, 1.0, 1.0, 5.0])
+    levels = torch.tensor([0, 0, 0, 3])
+    ones = torch.ones(4)
+    assert reduce_over_instances(values, ones, levels, "level").item() == pytest.approx(3.0)
+    assert reduce_over_instances(values, ones, levels, "instance").item() == pytest.approx(2.0)
+    # Ratios (the pairwise term): each level's summed loss over its counted pairs.
+    counts = torch.tensor([2.0, 2.0, 0.0, 5.0])
+    assert reduce_over_instances(values, counts, levels, "level").item() == pytest.approx(
+        (3.0 / 4.0 + 1.0) / 2
     )
-    assert same_colour.item() > 1.0
 
 
 def test_neighbour_offsets_cover_each_unordered_pair_once():
@@ -158,6 +228,7 @@ def one_positive_targets(embedding: torch.Tensor | None) -> GridTargets:
         labels=torch.tensor([[0, 1, 1]]),
         pos_image=torch.tensor([0]),
         pos_cell=torch.tensor([0]),
+        pos_level=torch.tensor([0]),
         mask_targets=mask,
         boxes=torch.tensor([[1.0, 1.0, 3.0, 3.0]]),
         embeddings=embedding,
@@ -171,7 +242,9 @@ def test_solov2_losses_weights_and_keys():
     perfect = torch.where(targets.mask_targets > 0, 20.0, -20.0)
     cate = torch.tensor([[[20.0], [-20.0], [-20.0]]])
     embed = torch.tensor([[1.0, 0.0]], requires_grad=True)
-    losses = solov2_losses(weights, cate, perfect, embed, targets, torch.zeros(1, 3, 4, 4))
+    # A white object on black: the pairs across its border differ in colour and do not count.
+    lab = rgb_to_lab(targets.mask_targets[:, None].expand(1, 3, 4, 4))
+    losses = solov2_losses(weights, cate, perfect, embed, targets, lab)
     assert set(losses) == {
         "loss_focal",
         "loss_avg_proj",

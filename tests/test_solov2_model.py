@@ -196,6 +196,38 @@ def test_decode_image_drops_masks_not_larger_than_their_stride():
     assert len(inst) == 0 and inst.pred_masks.shape == (0, 32, 32)
 
 
+def test_decode_image_drops_a_mask_that_lies_only_in_the_padding():
+    """Input 24 x 32 padded to 32 x 32: a mask on the bottom (padding) rows is empty once the
+    padding is cropped; returning it would be a sure false positive with a zero box."""
+    params = InferenceParams(0.1, 0.5, 10, 0.05, 5, "gaussian", 2.0)
+    feats = -torch.ones(2, 8, 8)
+    feats[0, 6:8, 1:7] = 1.0  # rows 24..32 of the input: padding only
+    feats[1, 1:4, 1:7] = 1.0  # inside the image
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    inst = decode_image(
+        torch.tensor([[0.9], [0.8]]),
+        torch.tensor([[20.0, 0.0], [0.0, 20.0]]),
+        torch.tensor([8, 8]),
+        feats,
+        (24, 32),
+        (24, 32),
+        params,
+        embeddings=embeddings,
+    )
+    assert len(inst) == 1 and inst.pred_masks[0].any()
+    assert inst.scores[0] == pytest.approx(0.8, abs=1e-3)
+    # The embedding of the kept instance's own cell travels with it.
+    assert inst.pred_embeddings.tolist() == [[0.0, 1.0]]
+
+
+def test_model_predicts_one_embedding_per_instance():
+    model = build(tiny_cfg(**{"MODEL.SOLOV2.EMBED_DIM": 6}))
+    model.eval()
+    with torch.no_grad():
+        inst = model(make_inputs(batch=1))[0]["instances"]
+    assert len(inst) > 0 and inst.pred_embeddings.shape == (len(inst), 6)
+
+
 @pytest.mark.parametrize("freeze_fpn", [False, True])
 def test_frozen_parts_stay_bit_identical_after_sgd_steps(freeze_fpn):
     cfg = tiny_cfg(**{"MODEL.FREEZE.BACKBONE": True, "MODEL.FREEZE.FPN": freeze_fpn})

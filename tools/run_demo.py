@@ -11,6 +11,7 @@ user runs, and each step is skipped when its output already exists (rerun = resu
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -20,6 +21,11 @@ import time
 from pathlib import Path
 
 import uis_d2  # noqa: F401  (compat before detectron2)
+
+# isort: split
+import detectron2
+import torch
+
 from uis_d2.pipeline.curves import plot_loss_curves
 from uis_d2.pipeline.overlays import annotations_by_image, write_comparison_grids
 from uis_d2.pipeline.report import format_table, write_report
@@ -64,33 +70,80 @@ def predictions_path(train_dir: Path, round_index: int) -> Path:
     return evaluation_dir(train_dir, round_index) / "class_agnostic_predictions.json"
 
 
-def run_step(title: str, command: list[str], done: Path) -> None:
-    """Run one tool unless its output exists; a failure stops the demo with the tool's output."""
-    if done.exists():
+class Steps:
+    """Runs the tools, each unless its output exists, and keeps how long each took (so that a
+    figure quoted from a demo run can be checked against its metrics.json)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    def run(self, title: str, command: list, done: Path) -> None:
+        """A failure stops the demo with the tool's output."""
+        if done.exists():
+            self.skip(title, done)
+            return
+        print(f"== {title}\n   $ {' '.join(str(c) for c in command)}", flush=True)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *map(str, command)], check=True, cwd=REPO)
+        self.seconds[title] = round(time.perf_counter() - start, 1)
+        print(f"   {title}: {self.seconds[title]:.0f} s", flush=True)
+
+    def skip(self, title: str, done: Path) -> None:
         print(f"== {title}: already done ({done})")
-        return
-    print(f"== {title}\n   $ {' '.join(str(c) for c in command)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, *map(str, command)], check=True, cwd=REPO)
-    print(f"   {title}: {time.perf_counter() - start:.0f} s", flush=True)
+        self.skipped.append(title)
 
 
-def ensure_synthetic(root: Path, args: argparse.Namespace) -> None:
+def git_commit() -> dict[str, str | bool | None]:
+    """The checkout's commit and whether tracked files differ from it (None outside git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "modified": None if status is None else bool(status),
+    }
+
+
+def run_record(argv: list[str], steps: Steps, started: datetime.datetime, total: float) -> dict:
+    """What produced this metrics.json: command, commit, software, machine and timings."""
+    route_file = Path(sys.prefix) / "detectron2-route"
+    return {
+        "command": " ".join(["python", "tools/run_demo.py", *argv]),
+        **git_commit(),
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": {**steps.seconds, "total": round(total, 1)},
+        "skipped_steps": steps.skipped,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "detectron2": detectron2.__version__,
+        "detectron2_route": route_file.read_text().strip() if route_file.is_file() else None,
+    }
+
+
+def ensure_synthetic(root: Path, args: argparse.Namespace, steps: Steps) -> None:
     """(Re)generate the data when absent or made with other parameters."""
     params = {"num_train": args.num_train, "num_val": args.num_val, "seed": args.seed}
     stamp = root / "params.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
-        print(f"== synthetic data: already generated ({root})")
+        steps.skip("synthetic data", root)
         return
     command = [TOOLS / "make_synthetic.py", "--output", root]
     command += ["--num-train", args.num_train, "--num-val", args.num_val, "--seed", args.seed]
     stamp.unlink(missing_ok=True)
-    run_step("synthetic data", command, stamp)
+    steps.run("synthetic data", command, stamp)
     atomic_write_json(stamp, params)
 
 
-def evaluate(gt: Path, pred: Path, out: Path) -> dict:
-    run_step(
+def evaluate(gt: Path, pred: Path, out: Path, steps: Steps) -> dict:
+    steps.run(
         f"evaluate {pred.name}",
         [TOOLS / "evaluate_json.py", "--gt", gt, "--pred", pred, "--json-out", out],
         out,
@@ -99,15 +152,19 @@ def evaluate(gt: Path, pred: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Returns what it writes to metrics.json: each method's metrics, and ``run``."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     out = args.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))).resolve()
     os.environ["DETECTRON2_DATASETS"] = str(root)
     synthetic = root / "synthetic"
+    started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.perf_counter()
+    steps = Steps()
 
-    ensure_synthetic(synthetic, args)
+    ensure_synthetic(synthetic, args, steps)
     gt_val = synthetic / "annotations/val.json"
     pseudo_train = synthetic / "pseudo/train.json"
     proposals_val = out / "proposals/val.json"
@@ -126,10 +183,10 @@ def main(argv: list[str] | None = None) -> dict:
             "--vis",
             vis,
         ]
-        run_step(f"proposals for {dataset}", command, target)
+        steps.run(f"proposals for {dataset}", command, target)
 
     analysis = out / "analysis"
-    run_step(
+    steps.run(
         "proposal analysis (Table 1)",
         [
             TOOLS / "analyze_proposals.py",
@@ -142,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         analysis / "recall_by_count.json",
     )
-    metrics = {"proposals": evaluate(gt_val, proposals_val, out / "metrics_proposals.json")}
+    metrics = {"proposals": evaluate(gt_val, proposals_val, out / "metrics_proposals.json", steps)}
 
     train_dir = out / "train"
     command = [
@@ -156,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         *args.train_opts,
     ]
     predictions = predictions_path(train_dir, args.rounds)
-    run_step("training + evaluation", command, predictions)
+    steps.run("training + evaluation", command, predictions)
     for r in range(1, args.rounds + 1):  # the trainer evaluated them with evaluate_agnostic
         name = "trained" if r == 1 else f"trained_round{r}"
         metrics_file = evaluation_dir(train_dir, r) / "class_agnostic_metrics.json"
@@ -164,9 +221,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {name: m["segm"] for name, m in metrics.items()}
     write_pictures_and_report(out, synthetic, gt_val, proposals_val, train_dir, args, summary)
+    total = time.perf_counter() - started
+    metrics["run"] = run_record(argv, steps, started_at, total)
     atomic_write_json(out / "metrics.json", metrics, indent=2)
     print("\nClass-agnostic mask metrics on synthetic_val:\n" + format_table(summary))
-    print(f"\nreport: {out / 'index.html'}  ({time.perf_counter() - started:.0f} s in all)")
+    print(f"\nreport: {out / 'index.html'}  ({total:.0f} s in all)")
     return metrics
 
 

@@ -93,6 +93,10 @@ def add_solov2_config(cfg: CN) -> None:
     s.LOSS.PAIRWISE_WARMUP_ITERS = 1000
     # Weight beta of the semantic-embedding loss (paper: 4.0); 0 disables it.
     s.LOSS.SEM_WEIGHT = 4.0
+    # How the mask terms (Dice, projections, pairwise) average over the positive instances:
+    # "level" = over each FPN level's positives, then over the levels that have any (FreeSOLO
+    # ref); "instance" = over all positives at once (this project's earlier rule).
+    s.LOSS.REDUCTION = "level"
 
 
 def add_freeze_config(cfg: CN) -> None:

@@ -9,6 +9,7 @@ from detectron2.config import CfgNode
 from detectron2.config import get_cfg as get_detectron2_cfg
 
 from uis_d2.config.defaults import add_uis_config
+from uis_d2.modeling.solov2.losses import LOSS_REDUCTIONS
 
 
 class ConfigError(ValueError):
@@ -135,6 +136,7 @@ def validate_uis_config(cfg: CfgNode) -> None:
 
     loss = s + "LOSS."
     _check_choice(cfg, loss + "MODE", ("weak", "supervised"))
+    _check_choice(cfg, loss + "REDUCTION", LOSS_REDUCTIONS)
     for key in (
         "FOCAL_WEIGHT",
         "DICE_WEIGHT",

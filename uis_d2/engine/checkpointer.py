@@ -4,7 +4,10 @@
    it (or, worse, the ``last_checkpoint`` pointer itself could be torn). Resuming here tries the
    checkpoint named by ``last_checkpoint``, then the older ones, newest first; it warns about
    every file it skips and repoints ``last_checkpoint`` at the one it resumed from. The pointer
-   is written atomically.
+   is written atomically. Each attempt runs on a fresh checkpointer over the same model and
+   checkpointables: detectron2 main's ``load`` refuses to run again on an instance whose
+   previous ``load`` raised (it keeps per-load state), and v0.6 has no such state, so only a
+   fresh instance behaves the same on both.
 2. A weights file of another architecture (a ViT state dict given to SOLOv2) shares no tensor
    name or shape with the model; detectron2 only logs the unmatched keys and trains from random
    weights. Here that is an error naming the file.
@@ -65,9 +68,12 @@ class ResilientCheckpointer(DetectionCheckpointer):
             )
         failures = []
         for candidate in candidates:
+            attempt = type(self)(
+                self.model, self.save_dir, save_to_disk=self.save_to_disk, **self.checkpointables
+            )
             try:
                 # Reading or fitting fails before any weight or trainer state is replaced.
-                result = self.load(candidate)
+                result = attempt.load(candidate)
             except CheckpointLoadError as err:
                 failures.append(str(err))
                 self.logger.warning(f"Cannot resume from {candidate}: {err}; trying an older one")

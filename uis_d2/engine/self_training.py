@@ -52,7 +52,7 @@ def predictions_to_annotations(
 ) -> list[dict[str, Any]]:
     """Confident predictions of one image as pseudo-label annotations (without ids).
 
-    Embeddings are kept when the model predicts them (``pred_embs``), so a later round can
+    Embeddings are kept when the model predicts them (``pred_embeddings``), so a later round can
     train its embedding head on them; otherwise the annotations carry none.
     """
     scores = instances.scores.cpu().numpy()
@@ -63,7 +63,7 @@ def predictions_to_annotations(
     rles = masks_to_rles(instances.pred_masks[index])
     boxes = rle_boxes_xywh(rles)
     areas = rle_areas(rles)
-    embs = instances.pred_embs[index].tolist() if instances.has("pred_embs") else None
+    embs = instances.pred_embeddings[index].tolist() if instances.has("pred_embeddings") else None
     annotations = []
     for i, score in enumerate(scores[order]):
         if areas[i] == 0:

@@ -47,12 +47,17 @@ def grid_peaks(scores: torch.Tensor) -> torch.Tensor:
     return scores * (pooled == scores)
 
 
-def empty_instances(image_size: tuple[int, int], device: torch.device) -> Instances:
+def empty_instances(
+    image_size: tuple[int, int], device: torch.device, embeddings: torch.Tensor | None = None
+) -> Instances:
+    """No detection, with the fields (and embedding width) of a non-empty result."""
     result = Instances(image_size)
     result.pred_masks = torch.zeros((0, *image_size), dtype=torch.bool, device=device)
     result.pred_boxes = Boxes(torch.zeros((0, 4), device=device))
     result.scores = torch.zeros(0, device=device)
     result.pred_classes = torch.zeros(0, dtype=torch.long, device=device)
+    if embeddings is not None:
+        result.pred_embeddings = embeddings.new_zeros((0, embeddings.shape[1]))
     return result
 
 
@@ -65,17 +70,20 @@ def decode_image(
     output_size: tuple[int, int],
     params: InferenceParams,
     mask_stride: int = 4,
+    embeddings: torch.Tensor | None = None,
 ) -> Instances:
     """Instances of one image.
 
     scores: (cells, C) peak-selected probabilities over all levels; kernels: (cells, E);
     strides: (cells,) stride of each cell's level; mask_features: (E, Hm, Wm) of the padded
-    image; image_size: the network input before padding; output_size: the original image.
+    image; image_size: the network input before padding; output_size: the original image;
+    embeddings: (cells, D) of the semantic-embedding branch, returned per instance as
+    ``pred_embeddings`` (a self-training round writes them as the next round's ``emb``).
     """
     device = scores.device
     cells, classes = torch.nonzero(scores > params.score_thr, as_tuple=True)
     if cells.numel() == 0:
-        return empty_instances(output_size, device)
+        return empty_instances(output_size, device, embeddings)
     cate_scores = scores[cells, classes]
     height, width = mask_features.shape[-2:]
     soft = torch.sigmoid(kernels[cells] @ mask_features.flatten(1)).view(-1, height, width)
@@ -84,31 +92,43 @@ def decode_image(
     # A mask not larger than its level's stride (in mask-feature pixels) is noise.
     keep = areas > strides[cells].float()
     if not bool(keep.any()):
-        return empty_instances(output_size, device)
+        return empty_instances(output_size, device, embeddings)
     soft, binary, areas = soft[keep], binary[keep], areas[keep]
-    classes, cate_scores = classes[keep], cate_scores[keep]
+    cells, classes, cate_scores = cells[keep], classes[keep], cate_scores[keep]
     # Maskness: mean probability inside the binary mask, so hesitant masks score lower.
     maskness = (soft * binary).sum(dim=(1, 2)) / areas
     final_scores = cate_scores * maskness
 
     top = torch.argsort(final_scores, descending=True)[: params.nms_pre]
-    soft, binary, classes, final_scores = soft[top], binary[top], classes[top], final_scores[top]
+    soft, binary, cells = soft[top], binary[top], cells[top]
+    classes, final_scores = classes[top], final_scores[top]
     final_scores = matrix_nms(
         binary, final_scores, classes, kernel=params.nms_kernel, sigma=params.nms_sigma
     )
     keep = final_scores >= params.update_thr
     if not bool(keep.any()):
-        return empty_instances(output_size, device)
-    soft, classes, final_scores = soft[keep], classes[keep], final_scores[keep]
+        return empty_instances(output_size, device, embeddings)
+    soft, cells, classes, final_scores = soft[keep], cells[keep], classes[keep], final_scores[keep]
     top = torch.argsort(final_scores, descending=True)[: params.max_per_img]
-    soft, classes, final_scores = soft[top], classes[top], final_scores[top]
+    soft, cells, classes, final_scores = soft[top], cells[top], classes[top], final_scores[top]
 
     masks = upsample_masks(soft, mask_stride, image_size, output_size) > params.mask_thr
+    # A mask that lay only in the padding is empty once cropped: a sure false positive (ref:
+    # sum_masks > 0).
+    present = masks.flatten(1).any(dim=1)
+    masks, cells, classes, final_scores = (
+        masks[present],
+        cells[present],
+        classes[present],
+        final_scores[present],
+    )
     result = Instances(output_size)
     result.pred_masks = masks
     result.pred_boxes = Boxes(masks_to_boxes_xyxy(masks))
     result.scores = final_scores
     result.pred_classes = classes
+    if embeddings is not None:
+        result.pred_embeddings = embeddings[cells]
     return result
 
 

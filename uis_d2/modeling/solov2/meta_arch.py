@@ -124,7 +124,7 @@ class SOLOv2(nn.Module):
         mask_features = self.mask_head([features[f] for f in self.mask_in_features])
         if self.training:
             return self.losses(batched_inputs, images, cate_logits, kernels, embeds, mask_features)
-        return self.inference(batched_inputs, images, cate_logits, kernels, mask_features)
+        return self.inference(batched_inputs, images, cate_logits, kernels, embeds, mask_features)
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         images = [
@@ -152,6 +152,14 @@ class SOLOv2(nn.Module):
             padded = padded.flip(1)
         pooled = F.avg_pool2d(padded, self.mask_stride, self.mask_stride)
         return rgb_to_lab(pooled[..., : size[0], : size[1]])
+
+    def image_pixels(self, images: ImageList, size: tuple[int, int]) -> torch.Tensor:
+        """(B, Hm, Wm) bool: the mask-feature pixels that hold image rather than padding (the
+        pairwise term never pairs a pixel with the padding)."""
+        valid = torch.zeros((len(images), *size), dtype=torch.bool, device=self.device)
+        for i, (height, width) in enumerate(images.image_sizes):
+            valid[i, : -(-height // self.mask_stride), : -(-width // self.mask_stride)] = True
+        return valid
 
     def losses(
         self,
@@ -186,14 +194,16 @@ class SOLOv2(nn.Module):
             if embeds is not None:
                 embed_preds = flatten_levels(embeds).float()[targets.pos_image, targets.pos_cell]
             weak = self.loss_weights.mode == "weak"
+            size = tuple(mask_features.shape[-2:])
             return solov2_losses(
                 self.loss_weights,
                 flatten_levels(cate_logits).float(),
                 mask_logits,
                 embed_preds,
                 targets,
-                self.lab_images(batched_inputs, mask_features.shape[-2:]) if weak else None,
+                self.lab_images(batched_inputs, size) if weak else None,
                 unused_preds=(flat_kernels, mask_features, *(embeds or [])),
+                valid=self.image_pixels(images, size) if weak else None,
             )
 
     def inference(
@@ -202,11 +212,13 @@ class SOLOv2(nn.Module):
         images: ImageList,
         cate_logits: list[torch.Tensor],
         kernels: list[torch.Tensor],
+        embeds: list[torch.Tensor] | None,
         mask_features: torch.Tensor,
     ) -> list[dict[str, Instances]]:
         # float32: maskness sums over whole masks would overflow float16 under AMP.
         scores = flatten_levels([grid_peaks(torch.sigmoid(c.float())) for c in cate_logits])
         flat_kernels = flatten_levels(kernels).float()
+        flat_embeds = None if embeds is None else flatten_levels(embeds).float()
         mask_features = mask_features.float()
         strides = torch.cat(
             [
@@ -227,6 +239,7 @@ class SOLOv2(nn.Module):
                 output_size,
                 self.inference_params,
                 self.mask_stride,
+                None if flat_embeds is None else flat_embeds[i],
             )
             results.append({"instances": instances})
         return results

@@ -37,6 +37,7 @@ class GridTargets:
     labels: torch.Tensor  # (B, cells) int64; NUM_CLASSES = background
     pos_image: torch.Tensor  # (P,) image of each positive
     pos_cell: torch.Tensor  # (P,) flat cell of each positive
+    pos_level: torch.Tensor  # (P,) FPN level of each positive's cell
     mask_targets: torch.Tensor  # (P, Hm, Wm) fraction of each stride-4 pixel inside the mask
     boxes: torch.Tensor  # (P, 4) x1 y1 x2 y2 of the mask, in mask-feature pixels
     embeddings: torch.Tensor | None  # (P, D) target embeddings; None when no image has any
@@ -149,10 +150,15 @@ def build_targets(
             for c, e in zip(pos_cell, embeddings)
         ]
     ).to(device)
+    cell_level = torch.cat(
+        [torch.full((grid * grid,), level) for level, grid in enumerate(grids)]
+    ).to(device)
+    all_pos_cell = torch.cat(pos_cell)
     return GridTargets(
         labels=torch.stack(labels).to(device),
         pos_image=torch.cat(pos_image),
-        pos_cell=torch.cat(pos_cell),
+        pos_cell=all_pos_cell,
+        pos_level=cell_level[all_pos_cell],
         mask_targets=torch.cat(mask_targets),
         boxes=torch.cat(boxes),
         embeddings=_stack_embeddings(embeddings, pos_cell),
