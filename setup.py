@@ -18,8 +18,6 @@ setup(
         "timm>=0.9",
         "safetensors",
         "pycocotools>=2.0.6",
-        "scikit-learn>=1.2",
-        "scipy>=1.10",
         "fvcore",
         "opencv-python-headless>=4.7",
         "numpy>=1.23",
@@ -31,6 +29,14 @@ setup(
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval>=1.6"],
-        "test": ["pytest>=7", "pytest-xdist", "hypothesis>=6", "ruff"],
+        # scikit-learn and scipy: the reference implementations tests and benchmarks compare to.
+        "test": [
+            "pytest>=7",
+            "pytest-xdist",
+            "hypothesis>=6",
+            "ruff",
+            "scikit-learn>=1.2",
+            "scipy>=1.10",
+        ],
     },
 )

@@ -34,9 +34,9 @@ import uis_d2  # noqa: F401  (compat fixes and registration)
 from uis_d2.config import get_cfg
 from uis_d2.data.synthetic import render_scene
 from uis_d2.features.base import extract_features
-from uis_d2.proposals import build_proposal_generator
+from uis_d2.proposals import build_pseudo_mask_generator
 from uis_d2.proposals.spectral import kmeans, spectral_clustering, spectral_embedding
-from uis_d2.proposals.spectral_generator import clustering_calls
+from uis_d2.proposals.spectral_generator import SpectralParams, clustering_calls
 from uis_d2.utils.files import atomic_write_json
 
 
@@ -121,7 +121,7 @@ def reference_kmeans(vectors: np.ndarray, ks: list[int], seed: int) -> dict[int,
     }
 
 
-def compare_with_reference(batch: torch.Tensor, cfg, seed: int) -> dict:
+def compare_with_reference(batch: torch.Tensor, params: SpectralParams) -> dict:
     """Time ours (batched) and the reference (per image) on the same (B, N, C) features.
 
     Ours takes milliseconds, so one run is at the mercy of other processes: it runs once more
@@ -130,14 +130,14 @@ def compare_with_reference(batch: torch.Tensor, cfg, seed: int) -> dict:
     """
     from sklearn.metrics import adjusted_rand_score
 
-    s, ks = cfg.PROPOSALS.SPECTRAL, [int(k) for k in cfg.PROPOSALS.SPECTRAL.K]
+    ks, seed = [int(k) for k in params.ks], params.seed
     device = str(batch.device.type)
     host = batch.float().cpu().numpy()
 
     def run_ours() -> tuple[dict[int, torch.Tensor], float]:
         _sync(device)
         start = time.perf_counter()
-        labels = spectral_clustering(batch, ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, seed)
+        labels = spectral_clustering(batch, ks, params.restarts, params.iters, seed)
         _sync(device)
         return labels, time.perf_counter() - start
 
@@ -168,13 +168,13 @@ def compare_with_reference(batch: torch.Tensor, cfg, seed: int) -> dict:
     }
 
 
-def stage_breakdown(generator, images: list[torch.Tensor], cfg, device: str) -> dict:
+def stage_breakdown(generator, images: list[torch.Tensor], device: str) -> dict:
     """Seconds per image of each stage for one batch: both extractors, the eigensolver and
     k-means over the clustering calls the generator makes (instance and saliency features share
     one call on a GPU), and the rest of the generator (post-processing). The eigensolver and
     k-means are called directly, so on a CPU without spectral_clustering's cache-sized chunks."""
-    s, ks = cfg.PROPOSALS.SPECTRAL, [int(k) for k in cfg.PROPOSALS.SPECTRAL.K]
-    saliency_k = cfg.PROPOSALS.SALIENCY.K
+    params = generator.spectral
+    ks = [int(k) for k in params.ks]
     timings = {"extractors_s": 0.0, "eigensolver_s": 0.0, "kmeans_s": 0.0}
     _sync(device)
     start = time.perf_counter()
@@ -187,16 +187,16 @@ def stage_breakdown(generator, images: list[torch.Tensor], cfg, device: str) -> 
     timings["extractors_s"] = time.perf_counter() - start
     calls = [(features, ks)]
     if saliency is not None:
-        calls = clustering_calls(features, saliency, ks, saliency_k)
+        calls = clustering_calls(features, saliency, ks, generator.saliency.k)
     for call_features, call_ks in calls:
         batch = torch.stack(call_features).flatten(2).transpose(1, 2)
         start = time.perf_counter()
-        embedding = spectral_embedding(batch, max(call_ks), seed=cfg.PROPOSALS.SEED)
+        embedding = spectral_embedding(batch, max(call_ks), seed=params.seed)
         _sync(device)
         timings["eigensolver_s"] += time.perf_counter() - start
         start = time.perf_counter()
         generator_rng = torch.Generator().manual_seed(0)
-        kmeans(embedding.vectors, call_ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, generator_rng)
+        kmeans(embedding.vectors, call_ks, params.restarts, params.iters, generator_rng)
         _sync(device)
         timings["kmeans_s"] += time.perf_counter() - start
     start = time.perf_counter()
@@ -283,7 +283,7 @@ def main() -> None:
     if args.workers >= 0:
         cfg.PROPOSALS.NUM_WORKERS = args.workers
     cfg.MODEL.DEVICE = device
-    generator = build_proposal_generator(cfg).to(torch.device(device))
+    generator = build_pseudo_mask_generator(cfg).to(torch.device(device))
     images = synthetic_images(args.num_images, height, width, args.seed)
     images = [image.to(device) for image in images]
     if device == "cuda":
@@ -292,7 +292,7 @@ def main() -> None:
     generator(images[:1])  # warm-up (allocator, kernels)
     batch_size = cfg.PROPOSALS.BATCH_SIZE
     whole = run_generator(generator, images, batch_size, device)
-    breakdown = stage_breakdown(generator, images[:batch_size], cfg, device)
+    breakdown = stage_breakdown(generator, images[:batch_size], device)
     with torch.no_grad():
         reference_images = images[: args.reference_images]
         features = torch.cat(
@@ -303,7 +303,7 @@ def main() -> None:
                 for i in range(0, len(reference_images), batch_size)
             ]
         )
-    spectral = compare_with_reference(features.flatten(2).transpose(1, 2), cfg, args.seed)
+    spectral = compare_with_reference(features.flatten(2).transpose(1, 2), generator.spectral)
     result = {
         "device": device,
         "full_gpu": args.full_gpu,

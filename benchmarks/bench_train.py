@@ -28,7 +28,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from uis_d2.config import get_cfg
-from uis_d2.modeling.solov2.matrix_nms import matrix_nms
+from uis_d2.layers.matrix_nms import matrix_nms
 from uis_d2.utils.files import atomic_write_json
 from uis_d2.utils.masks import masks_to_boxes_xyxy
 
@@ -44,7 +44,7 @@ def paper_config(device: str) -> CfgNode:
     cfg.MODEL.RESNETS.DEPTH = 101
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FREEZE.BACKBONE = True
+    cfg.MODEL.BACKBONE.FREEZE_AT = 5
     cfg.MODEL.SOLOV2.LOSS.MODE = "weak"
     return cfg
 
@@ -126,14 +126,12 @@ def time_losses(model: torch.nn.Module, inputs: list[dict], device: str, amp: bo
     """Seconds of target assignment + dynamic masks + every loss term, heads precomputed."""
     with torch.no_grad(), autocast(device, amp):
         images = model.preprocess_image(inputs)
-        features = model.backbone(images.tensor)
-        cate, kernels, embeds = model.instance_head(model.instance_features(features), model.grids)
-        mask_features = model.mask_head([features[f] for f in model.mask_in_features])
+        heads = model.predict_heads(images)
         best = float("inf")
         for _ in range(3):
             synchronize(device)
             start = time.perf_counter()
-            model.losses(inputs, images, cate, kernels, embeds, mask_features)
+            model.losses(inputs, images, heads)
             synchronize(device)
             best = min(best, time.perf_counter() - start)
     return best

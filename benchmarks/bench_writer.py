@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 import uis_d2  # noqa: F401  (compat fixes)
+from uis_d2.data.pseudo_labels import EMBEDDING_DECIMALS, SCORE_DECIMALS
 from uis_d2.proposals.base import Proposals
-from uis_d2.proposals.writer import EMB_DECIMALS, SCORE_DECIMALS, proposals_to_line, to_numpy
+from uis_d2.proposals.writer import proposals_to_line, to_numpy
 from uis_d2.utils.files import atomic_write_json
 from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
 
@@ -90,7 +91,7 @@ def before_line(
             "bbox": mask_to_box_xywh(mask),
             "area": area,
             "score": json_float(scores[i], SCORE_DECIMALS),
-            "emb": [json_float(x, EMB_DECIMALS) for x in embeddings[i].tolist()],
+            "emb": [json_float(x, EMBEDDING_DECIMALS) for x in embeddings[i].tolist()],
         }
         for name, values in extras.items():
             item = values[i].item()
@@ -112,7 +113,7 @@ def check_same_lines(before: dict[str, Any], after: dict[str, Any]) -> None:
     if before != after:
         raise AssertionError("the new writer's line differs from the per-mask one")
     gap = np.abs(np.asarray(emb_before) - np.asarray(emb_after)).max(initial=0.0)
-    if gap > 1.5 * 10.0**-EMB_DECIMALS:
+    if gap > 1.5 * 10.0**-EMBEDDING_DECIMALS:
         raise AssertionError(f"embeddings differ by {gap}")
 
 

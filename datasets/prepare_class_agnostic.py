@@ -11,10 +11,8 @@ import argparse
 from typing import Any
 
 import uis_d2  # noqa: F401  (compat fixes before anything imports detectron2)
-from uis_d2.data.datasets import load_json_file
-from uis_d2.utils.files import atomic_write_json
-
-OBJECT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+from uis_d2.data.pseudo_labels import CATEGORIES, OBJECT_CATEGORY_ID
+from uis_d2.utils.files import atomic_write_json, read_json
 
 
 def to_class_agnostic(coco: dict[str, Any], source: str) -> dict[str, Any]:
@@ -23,13 +21,13 @@ def to_class_agnostic(coco: dict[str, Any], source: str) -> dict[str, Any]:
         if field not in coco:
             raise ValueError(f"{source} has no '{field}' field: not a COCO instances json")
     annotations = [
-        {**a, "category_id": OBJECT_CATEGORY["id"], "orig_category_id": a["category_id"]}
+        {**a, "category_id": OBJECT_CATEGORY_ID, "orig_category_id": a["category_id"]}
         for a in coco["annotations"]
     ]
     return {
         **coco,
         "annotations": annotations,
-        "categories": [OBJECT_CATEGORY],
+        "categories": [{**category, "supercategory": "object"} for category in CATEGORIES],
         "orig_categories": coco["categories"],
     }
 
@@ -39,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="COCO instances json")
     parser.add_argument("--output", required=True, help="class-agnostic json to write")
     args = parser.parse_args(argv)
-    coco = load_json_file(args.input, "COCO json")
+    coco = read_json(args.input, "COCO json")
     atomic_write_json(args.output, to_class_agnostic(coco, args.input))
     print(f"wrote {args.output}: {len(coco['annotations'])} annotations, one category 'object'")
     return 0

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import uis_d2  # noqa: F401  (compat fixes before anything imports detectron2)
-from uis_d2.data.datasets import datasets_root, load_json_file
-from uis_d2.utils.files import atomic_write_json
+from uis_d2.data.datasets import datasets_root
+from uis_d2.utils.files import atomic_write_json, read_json
 
 EXPECTED_IMAGE_COUNT = 19_817
 _DIGITS = re.compile(r"(\d+)")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     image_ids = read_image_ids(args.image_list)
-    instances = load_json_file(args.instances, "COCO train2014 instances json")
+    instances = read_json(args.instances, "COCO train2014 instances json")
     coco20k = build_coco20k(instances, image_ids, args.instances)
     atomic_write_json(args.output, coco20k)
     count = len(coco20k["images"])

@@ -1,7 +1,11 @@
 """The repository's command-line scripts as modules, so tests run them in-process (a subprocess
-would pay a full torch import each time)."""
+would pay a full torch import each time), and a way to kill one of them mid-run."""
 
 import importlib.util
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -15,3 +19,21 @@ def load_script(relative_path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def sigkill_when(
+    child: multiprocessing.Process, reached: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Start ``child``, SIGKILL it as soon as ``reached()`` holds, and check it died of that
+    (not earlier, of its own accord, nor later than ``timeout`` seconds)."""
+    child.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not reached():
+            assert child.is_alive(), f"the run ended early (exit code {child.exitcode})"
+            assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.join()
+    assert child.exitcode == -signal.SIGKILL

@@ -216,7 +216,7 @@ def test_resnet_state_dict_given_to_the_vit_extractor_is_refused(tmp_path, one_i
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
     cfg = load_config(_proposal_config(tmp_path, path), [])
-    from uis_d2.proposals.base import build_proposal_generator
+    from uis_d2.proposals.base import build_pseudo_mask_generator
 
     with pytest.raises(ValueError, match=r"resnet18\.pth.*does not fit the model"):
-        build_proposal_generator(cfg)
+        build_pseudo_mask_generator(cfg)

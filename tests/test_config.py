@@ -35,6 +35,16 @@ def test_unknown_key_in_file_names_key_and_file(tmp_path):
         load_config(bad)
 
 
+def test_removed_key_names_its_replacement(tmp_path):
+    old = _write(tmp_path / "old.yaml", "MODEL:\n  FREEZE:\n    BACKBONE: True\n")
+    with pytest.raises(
+        ConfigError, match=r"old\.yaml.*MODEL\.FREEZE\.BACKBONE was removed.*FREEZE_AT"
+    ):
+        load_config(old)
+    with pytest.raises(ConfigError, match="MODEL.FREEZE.BACKBONE was removed"):
+        load_config(None, ["MODEL.FREEZE.BACKBONE", "False"])
+
+
 def test_unknown_override_names_key():
     with pytest.raises(ConfigError, match="PROPOSALS.NMS_THRES"):
         load_config(None, ["PROPOSALS.NMS_THRES", "0.5"])

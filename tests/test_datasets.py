@@ -213,13 +213,15 @@ def test_reregistering_replaces_and_reimport_is_idempotent(tmp_path: Path, scrat
     assert set(INTERFACE_NAMES) <= set(DatasetCatalog.list())
 
 
-def test_load_json_file_errors_name_the_file(tmp_path: Path):
+def test_read_json_errors_name_the_file(tmp_path: Path):
+    from uis_d2.utils.files import read_json
+
     with pytest.raises(FileNotFoundError, match="nothing.json"):
-        datasets.load_json_file(tmp_path / "nothing.json")
+        read_json(tmp_path / "nothing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
-        datasets.load_json_file(bad)
+        read_json(bad)
 
 
 # ---- datasets/prepare_coco20k.py

@@ -10,6 +10,8 @@ import torch
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from uis_d2.config import get_cfg
 from uis_d2.features import build_feature_extractor, preprocessed_size
+from uis_d2.features.patch_stats import PatchStats
+from uis_d2.features.resnet import ResNetDense
 from uis_d2.features.vit import TimmViTKeys
 
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
@@ -25,7 +27,7 @@ def _node(name="TimmViTKeys", arch="vit_small_patch16_224", checkpoint="", fmt="
 def _tiny_vit(seed=0, checkpoint="", fmt="auto", **overrides) -> TimmViTKeys:
     torch.manual_seed(seed)
     return TimmViTKeys(
-        _node(checkpoint=str(checkpoint), fmt=fmt), 32, 64, {**TINY_VIT, **overrides}
+        _node(checkpoint=str(checkpoint), fmt=fmt), 32, 64, model_kwargs={**TINY_VIT, **overrides}
     )
 
 
@@ -174,6 +176,36 @@ def test_densecl_layout_loads_into_resnet(tmp_path):
     loaded = build_feature_extractor(_node("ResNetDense", "resnet18", str(path)))
     assert torch.equal(loaded.trunk.layer4[1].conv2.weight, source.trunk.layer4[1].conv2.weight)
     assert torch.equal(loaded.trunk.bn1.running_var, source.trunk.bn1.running_var)
+
+
+def test_extractors_from_plain_arguments_equal_the_config_built_ones():
+    node = _node("ResNetDense", "resnet18")
+    node.RESNET_STAGE = "res4"
+    torch.manual_seed(0)
+    from_cfg = build_feature_extractor(node, 64, 128)
+    torch.manual_seed(0)
+    direct = ResNetDense(
+        name="ResNetDense", arch="resnet18", stage="res4", short_side=64, max_side=128
+    )
+    assert direct.describe() == from_cfg.describe()
+    images = torch.randn(1, 3, 64, 96)
+    assert torch.equal(direct.eval()(images).features, from_cfg(images).features)
+    patch = PatchStats(patch_size=4, short_side=0, max_side=0)
+    assert patch.name == "PatchStats" and patch.stride == 4 and not patch.amp
+
+
+def test_densecl_layout_of_a_ddp_wrapped_plain_resnet_loads(tmp_path):
+    """One prefix table for the extractors and the detectron2 conversion: DenseCL's includes
+    DDP's bare ``module.``, as the conversion always had."""
+    torch.manual_seed(0)
+    source = build_feature_extractor(_node("ResNetDense", "resnet18"))
+    path = tmp_path / "ddp.pth"
+    torch.save(
+        {"state_dict": {"module." + k: v for k, v in source.trunk.state_dict().items()}}, path
+    )
+    torch.manual_seed(1)
+    loaded = build_feature_extractor(_node("ResNetDense", "resnet18", str(path), "densecl"))
+    assert torch.equal(loaded.trunk.layer4[1].conv2.weight, source.trunk.layer4[1].conv2.weight)
 
 
 def test_checkpoint_of_another_architecture_raises_naming_the_file(tmp_path):

@@ -8,7 +8,7 @@ from fuzz_strategies import FUZZ, mask_stacks
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uis_d2.modeling.solov2.matrix_nms import NMS_KERNELS, matrix_nms
+from uis_d2.layers.matrix_nms import NMS_KERNELS, matrix_nms
 from uis_d2.proposals.postprocess import mask_nms
 from uis_d2.utils.masks import mask_iou_matrix
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
-import signal
 import time
 from pathlib import Path
 
@@ -18,12 +17,13 @@ from PIL import Image
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 
 # isort: split
+from detectron2.config import configurable
 from detectron2.data.datasets import register_coco_instances
 
-from scripts import load_script
+from scripts import load_script, sigkill_when
 from uis_d2.config import load_config
 from uis_d2.data.image_io import BadImageError
-from uis_d2.proposals.base import PROPOSAL_GENERATOR_REGISTRY, ProposalGenerator, Proposals
+from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 from uis_d2.proposals.runner import generate_on_this_rank, prepare_job
 from uis_d2.proposals.shards import ShardMismatchError, shard_dir_for
 from uis_d2.proposals.visualize import save_proposal_grid
@@ -50,9 +50,13 @@ class ColourThresholdGenerator(ProposalGenerator):
     stop_after_batches: int | None = None
     stop_by = "raise"
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
+    @configurable
+    def __init__(self) -> None:
         self.batches = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        return {}
 
     @torch.no_grad()
     def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
@@ -86,8 +90,8 @@ def _colour_proposals(image: np.ndarray) -> Proposals:
     )
 
 
-if ColourThresholdGenerator.__name__ not in PROPOSAL_GENERATOR_REGISTRY:
-    PROPOSAL_GENERATOR_REGISTRY.register(ColourThresholdGenerator)
+if ColourThresholdGenerator.__name__ not in PSEUDO_MASK_GENERATOR_REGISTRY:
+    PSEUDO_MASK_GENERATOR_REGISTRY.register(ColourThresholdGenerator)
 
 CONFIG_YAML = """
 VERSION: 2
@@ -180,7 +184,7 @@ def test_output_is_valid_coco_with_provenance(reference, image_set):
         }
     ]
     assert "not an image" in info["skipped"][0]["reason"]
-    assert info["generator"] == ColourThresholdGenerator(None).describe()
+    assert info["generator"] == ColourThresholdGenerator().describe()
     assert "GENERATOR: ColourThresholdGenerator" in info["config"]
     assert info["date_created"] == DATE_CREATED
     assert info["uis_d2_version"] == uis_d2.__version__
@@ -243,17 +247,12 @@ def test_resume_after_sigkill_gives_identical_bytes(reference, image_set, tmp_pa
     child = multiprocessing.get_context("fork").Process(
         target=_generate_until_hung, args=(image_set, output)
     )
-    child.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not (shard.exists() and shard.read_bytes().endswith(b"\n")):
-            assert child.is_alive(), f"the run ended early (exit code {child.exitcode})"
-            assert time.monotonic() < deadline, "the first batch never reached the shard"
-            time.sleep(0.02)
-    finally:
-        child.kill()
-        child.join()
-    assert child.exitcode == -signal.SIGKILL
+    sigkill_when(
+        child,
+        lambda: shard.exists() and shard.read_bytes().endswith(b"\n"),
+        timeout=60,
+        what="the first batch reaching the shard",
+    )
     assert not output.exists()
     assert len(shard.read_bytes().splitlines()) == 2  # exactly the first batch
     with open(shard, "ab") as f:  # a torn line, as if the kill had hit mid-write

@@ -17,10 +17,10 @@ from uis_d2.data.image_io import BadImageError
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
 from uis_d2.utils.masks import mask_to_rle, masks_to_boxes_xyxy
 
-EMB_DIM = 4
+EMBEDDING_DIM = 4
 
 
-def _annotation(mask, score, emb):
+def _annotation(mask, score, embedding):
     return {
         "segmentation": mask_to_rle(mask),
         "bbox": [0, 0, 1, 1],
@@ -28,7 +28,7 @@ def _annotation(mask, score, emb):
         "category_id": 0,
         "iscrowd": 0,
         "score": score,
-        "emb": emb,
+        "emb": embedding,
     }
 
 
@@ -47,16 +47,16 @@ def _record(tmp_path, index, h=32, w=48):
     other[22:30, 30:46] = True
     tiny = np.zeros((h, w), bool)
     tiny[0, 0:3] = True
-    emb = [float(index), 1.0, 2.0, 3.0]
+    embedding = [float(index), 1.0, 2.0, 3.0]
     return {
         "file_name": str(path),
         "image_id": index,
         "height": h,
         "width": w,
         "annotations": [
-            _annotation(big, 0.9, emb),
-            _annotation(other, 0.2, emb),
-            _annotation(tiny, 0.95, emb),
+            _annotation(big, 0.9, embedding),
+            _annotation(other, 0.2, embedding),
+            _annotation(tiny, 0.95, embedding),
         ],
     }
 
@@ -72,7 +72,7 @@ def _cfg(copy_paste_prob=0.0):
     cfg.INPUT.PSEUDO_MASKS.MIN_AREA = 5
     cfg.INPUT.COPY_PASTE.ENABLED = copy_paste_prob > 0
     cfg.INPUT.COPY_PASTE.PROB = copy_paste_prob
-    cfg.MODEL.SOLOV2.EMBED_DIM = EMB_DIM
+    cfg.MODEL.SOLOV2.EMBED_DIM = EMBEDDING_DIM
     return cfg
 
 
@@ -96,7 +96,10 @@ def test_training_output_format_and_filtering(tmp_path):
     assert instances.image_size == (64, 96)
     assert instances.gt_classes.tolist() == [0]
     assert instances.gt_scores.tolist() == pytest.approx([0.9])
-    assert instances.gt_embs.shape == (1, EMB_DIM) and instances.gt_embs.dtype == torch.float32
+    assert (
+        instances.gt_embeddings.shape == (1, EMBEDDING_DIM)
+        and instances.gt_embeddings.dtype == torch.float32
+    )
     # The mask is resized with the image (x2): rows 4..20 -> 8..40, cols 6..30 -> 12..60.
     assert instances.gt_boxes.tensor.tolist() == [[12.0, 8.0, 60.0, 40.0]]
     _assert_boxes_match_masks(instances)
@@ -128,9 +131,12 @@ def test_copy_paste_keeps_scores_embeddings_and_boxes_aligned(tmp_path):
     for _ in range(6):
         instances = mapper(records[0])["instances"]
         n = len(instances)
-        assert instances.gt_scores.shape == (n,) and instances.gt_embs.shape == (n, EMB_DIM)
+        assert instances.gt_scores.shape == (n,) and instances.gt_embeddings.shape == (
+            n,
+            EMBEDDING_DIM,
+        )
         _assert_boxes_match_masks(instances)
-        pasted_any |= n > 1 or instances.gt_embs[:, 0].ne(0).any().item()
+        pasted_any |= n > 1 or instances.gt_embeddings[:, 0].ne(0).any().item()
     assert pasted_any, "copy-paste with PROB 1 never pasted anything"
 
 

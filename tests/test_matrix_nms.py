@@ -10,7 +10,7 @@ import uis_d2  # noqa: F401
 import pytest
 import torch
 
-from uis_d2.modeling.solov2.matrix_nms import matrix_nms
+from uis_d2.layers.matrix_nms import matrix_nms
 
 
 def boxes_as_masks(*boxes: tuple[int, int, int, int], size: int = 8) -> torch.Tensor:

@@ -8,8 +8,14 @@ import torch
 
 import uis_d2  # noqa: F401
 from uis_d2.config import get_cfg
-from uis_d2.proposals import build_proposal_generator, spectral_generator
-from uis_d2.proposals.free_mask import background_like, query_features
+from uis_d2.features.patch_stats import PatchStats
+from uis_d2.proposals import build_pseudo_mask_generator, spectral_generator
+from uis_d2.proposals.free_mask import (
+    FreeMaskGenerator,
+    FreeMaskParams,
+    background_like,
+    query_features,
+)
 from uis_d2.proposals.postprocess import (
     border_foreground,
     mask_nms,
@@ -96,7 +102,7 @@ def _cfg(generator: str):
 
 
 def test_spectral_generator_end_to_end_finds_the_object_at_image_resolution():
-    generator = build_proposal_generator(_cfg("SpectralProposalGenerator"))
+    generator = build_pseudo_mask_generator(_cfg("SpectralProposalGenerator"))
     assert generator.saliency_extractor is generator.extractor  # identical configs share
     scenes = [_scene(64, 80, 0), _scene(72, 56, 1)]
     # Two grid sizes (8 x 10, 9 x 7) in one batch: post-processed together on one canvas.
@@ -128,7 +134,7 @@ def test_saliency_clustered_in_the_instance_call_gives_the_same_proposals(monkey
     patch features leave no clustering ambiguous."""
     cfg = _cfg("SpectralProposalGenerator")
     cfg.PROPOSALS.SALIENCY.EXTRACTOR.PATCH_SIZE = 16  # other features: a mix-up would show
-    generator = build_proposal_generator(cfg)
+    generator = build_pseudo_mask_generator(cfg)
     images = []
     for top, left in ((16, 24), (8, 40)):
         image = torch.full((3, 64, 80), 120, dtype=torch.uint8)
@@ -150,7 +156,7 @@ def test_saliency_clustered_in_the_instance_call_gives_the_same_proposals(monkey
 def test_spectral_generator_without_saliency_scores_everything_equally():
     cfg = _cfg("SpectralProposalGenerator")
     cfg.PROPOSALS.SALIENCY.ENABLED = False
-    out = build_proposal_generator(cfg)([_scene(48, 48, 2)[0]])[0]
+    out = build_pseudo_mask_generator(cfg)([_scene(48, 48, 2)[0]])[0]
     assert len(out.masks) >= 2 and np.all(out.scores == 1.0)
     assert set(out.extras) == {"k"} and "saliency" not in out.debug
 
@@ -162,7 +168,7 @@ def test_spectral_generator_without_saliency_scores_everything_equally():
 def test_spectral_generator_with_nothing_left_gives_empty_proposals(option):
     cfg = _cfg("SpectralProposalGenerator")
     cfg.merge_from_list([f"PROPOSALS.{option[0]}", option[1]])
-    generator = build_proposal_generator(cfg)
+    generator = build_pseudo_mask_generator(cfg)
     assert generator([]) == []
     sizes = [(48, 48), (40, 56)]
     for out, size in zip(generator([_scene(*size, 2)[0] for size in sizes]), sizes, strict=True):
@@ -174,7 +180,7 @@ def test_spectral_generator_with_nothing_left_gives_empty_proposals(option):
 def test_free_mask_generator_end_to_end():
     cfg = _cfg("FreeMaskGenerator")
     image, obj = _scene(64, 96, 3)
-    out = build_proposal_generator(cfg)([image])[0]
+    out = build_pseudo_mask_generator(cfg)([image])[0]
     n = len(out.masks)
     assert 1 <= n <= cfg.PROPOSALS.FREE_MASK.MAX_MASKS
     assert out.masks.shape == (n, 64, 96) and out.embeddings.shape == (n, 21)
@@ -184,6 +190,29 @@ def test_free_mask_generator_end_to_end():
     masks = out.masks.numpy()
     ious = (masks & obj).sum((1, 2)) / (masks | obj).sum((1, 2))
     assert ious.max() > 0.7
+
+
+def test_generators_from_plain_arguments_equal_the_config_built_ones():
+    """The detectron2 way: a constructor of plain arguments, ``from_config`` the only reader of
+    the config; both routes give the same generator."""
+    extractor = PatchStats(arch="vit_base_patch16_224", patch_size=8, short_side=0)
+    image = _scene(48, 56, 4)[0]
+    spectral = spectral_generator.SpectralProposalGenerator(
+        extractor=extractor,
+        saliency_extractor=extractor,
+        spectral=spectral_generator.SpectralParams((2, 3, 4, 5), 8, 50, 0, 2),
+        saliency=spectral_generator.SaliencyParams(k=2, overlap_thresh=0.5),
+        nms_thresh=0.8,
+    )
+    free_mask = FreeMaskGenerator(
+        extractor=extractor, params=FreeMaskParams((1.0, 0.5, 0.25), 0.5, 0.7, 20, True)
+    )
+    for direct in (spectral, free_mask):
+        from_cfg = build_pseudo_mask_generator(_cfg(type(direct).__name__))
+        assert type(from_cfg) is type(direct) and from_cfg.describe() == direct.describe()
+        a, b = direct([image])[0], from_cfg([image])[0]
+        assert len(a.masks) >= 1 and torch.equal(a.masks, b.masks)
+        assert np.array_equal(a.scores, b.scores) and np.array_equal(a.embeddings, b.embeddings)
 
 
 def test_free_mask_queries_and_background_heuristics():

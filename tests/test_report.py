@@ -6,12 +6,12 @@ import re
 import cv2
 import numpy as np
 import pytest
+from browser import loaded_pictures, rendered_dom
 
 import uis_d2  # noqa: F401
-from uis_d2.pipeline.browser import loaded_pictures, rendered_dom
-from uis_d2.pipeline.curves import plot_loss_curves, read_loss_history
-from uis_d2.pipeline.overlays import draw_masks
-from uis_d2.pipeline.report import TABLE_KEYS, format_table, write_report
+from uis_d2.report.curves import plot_loss_curves, read_loss_history
+from uis_d2.report.overlays import draw_masks
+from uis_d2.report.page import TABLE_KEYS, format_table, write_report
 
 ROWS = {
     "proposals": dict.fromkeys(TABLE_KEYS, 1.5),

@@ -9,7 +9,7 @@ import pytest
 import uis_d2  # noqa: F401
 from scripts import load_script
 from uis_d2.evaluation.coco_agnostic import evaluate_agnostic
-from uis_d2.pipeline.report import TABLE_KEYS
+from uis_d2.report.page import TABLE_KEYS
 
 run_demo = load_script("tools/run_demo.py")
 

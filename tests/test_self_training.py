@@ -27,7 +27,7 @@ def dataset_root(tmp_path, monkeypatch):
 
 def _has_embedding_head(model_file):
     state = torch.load(model_file, map_location="cpu", weights_only=True)["model"]
-    return any("embed_pred" in name for name in state)
+    return any("embedding_pred" in name for name in state)
 
 
 def test_two_rounds_write_pseudo_labels_and_resume_skips_finished_rounds(tmp_path, dataset_root):

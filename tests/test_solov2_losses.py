@@ -12,7 +12,7 @@ import torch
 from detectron2.utils.events import EventStorage
 
 from uis_d2.config import get_cfg
-from uis_d2.modeling.solov2.color import rgb_to_lab
+from uis_d2.layers.color import rgb_to_lab
 from uis_d2.modeling.solov2.losses import (
     DICE_EPS,
     LossWeights,
@@ -23,7 +23,6 @@ from uis_d2.modeling.solov2.losses import (
     pairwise_warmup,
     projection_dice_losses,
     reduce_over_instances,
-    sigmoid_focal_loss_sum,
     solov2_losses,
 )
 from uis_d2.modeling.solov2.targets import GridTargets
@@ -195,14 +194,17 @@ def test_rgb_to_lab_reference_colours():
     assert lab[2].tolist() == pytest.approx([53.24, 80.09, 67.20], abs=0.05)
 
 
-def test_focal_hand_values():
-    zero = torch.tensor([0.0])
-    fg = sigmoid_focal_loss_sum(zero, torch.tensor([1.0]), alpha=0.25, gamma=2.0)
-    bg = sigmoid_focal_loss_sum(zero, torch.tensor([0.0]), alpha=0.25, gamma=2.0)
-    assert fg.item() == pytest.approx(0.25 * 0.25 * math.log(2))
-    assert bg.item() == pytest.approx(0.75 * 0.25 * math.log(2))
-    confident = sigmoid_focal_loss_sum(torch.tensor([20.0]), torch.tensor([1.0]), 0.25, 2.0)
-    assert confident.item() < 1e-10
+def test_focal_term_hand_values():
+    """loss_focal = fvcore's summed focal loss over the grid / (positives + 1)."""
+    weights = LossWeights.from_config(get_cfg())
+    targets = one_positive_targets(None)
+    logits = torch.zeros(1, 4, 4)
+    # One positive cell and two background cells, all at logit 0 (p = 0.5).
+    losses = solov2_losses(
+        weights, torch.zeros(1, 3, 1), logits, None, targets, torch.zeros(1, 3, 4, 4)
+    )
+    fg, bg = 0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)
+    assert losses["loss_focal"].item() == pytest.approx((fg + 2 * bg) / 2)
 
 
 def test_embedding_loss_is_one_minus_cosine():

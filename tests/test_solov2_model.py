@@ -41,7 +41,7 @@ def tiny_cfg(**overrides):
     return cfg
 
 
-def make_inputs(batch: int = 2, size: int = 64, embed_dim: int = 0, seed: int = 0):
+def make_inputs(batch: int = 2, size: int = 64, embedding_dim: int = 0, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     inputs = []
     for _ in range(batch):
@@ -53,8 +53,8 @@ def make_inputs(batch: int = 2, size: int = 64, embed_dim: int = 0, seed: int = 
         inst.gt_masks = BitMasks(masks)
         inst.gt_boxes = Boxes(torch.tensor([[6, 4, 30, 20], [10, 30, 50, 60]]).float())
         inst.gt_classes = torch.zeros(2, dtype=torch.long)
-        if embed_dim:
-            inst.gt_embs = torch.randn(2, embed_dim, generator=gen)
+        if embedding_dim:
+            inst.gt_embeddings = torch.randn(2, embedding_dim, generator=gen)
         inputs.append({"image": image, "instances": inst, "height": size, "width": size - 8})
     return inputs
 
@@ -68,7 +68,7 @@ def test_training_forward_backward_finite_losses_with_all_keys():
     model = build(tiny_cfg(**{"MODEL.SOLOV2.EMBED_DIM": 8}))
     model.train()
     with EventStorage(0):
-        losses = model(make_inputs(embed_dim=8))
+        losses = model(make_inputs(embedding_dim=8))
     assert set(losses) == WEAK_KEYS
     for name, value in losses.items():
         assert torch.isfinite(value), name
@@ -76,7 +76,7 @@ def test_training_forward_backward_finite_losses_with_all_keys():
     sum(losses.values()).backward()
     head_grads = [p.grad for p in model.instance_head.parameters()]
     assert all(g is not None for g in head_grads)
-    assert model.instance_head.embed_pred.weight.grad.abs().sum() > 0
+    assert model.instance_head.embedding_pred.weight.grad.abs().sum() > 0
 
 
 def test_losses_are_float32_under_float16_autocast():
@@ -106,14 +106,21 @@ def test_supervised_mode_returns_dice():
     assert 0 < losses["loss_dice"] <= 3.0
 
 
-def test_embedding_head_gets_gradient_only_with_gt_embs():
+def test_embedding_head_gets_gradient_only_with_gt_embeddings():
     model = build(tiny_cfg(**{"MODEL.SOLOV2.EMBED_DIM": 8}))
     model.train()
-    losses = model(make_inputs(embed_dim=0))
+    losses = model(make_inputs(embedding_dim=0))
     assert losses["loss_sem"] == 0
     sum(losses.values()).backward()
-    grad = model.instance_head.embed_pred.weight.grad
+    grad = model.instance_head.embedding_pred.weight.grad
     assert grad is not None and grad.abs().sum() == 0  # in the graph for DDP, but zero
+
+
+def test_embeddings_without_an_embedding_head_are_an_error_not_an_untrained_loss():
+    model = build(tiny_cfg())  # EMBED_DIM 0: a cfg that never went through prepare_run_config
+    model.train()
+    with pytest.raises(ValueError, match="no embedding head.*prepare_run_config"):
+        model(make_inputs(embedding_dim=8))
 
 
 def test_no_positive_still_gives_every_head_parameter_a_gradient():
@@ -230,7 +237,7 @@ def test_model_predicts_one_embedding_per_instance():
 
 @pytest.mark.parametrize("freeze_fpn", [False, True])
 def test_frozen_parts_stay_bit_identical_after_sgd_steps(freeze_fpn):
-    cfg = tiny_cfg(**{"MODEL.FREEZE.BACKBONE": True, "MODEL.FREEZE.FPN": freeze_fpn})
+    cfg = tiny_cfg(**{"MODEL.BACKBONE.FREEZE_AT": 5, "MODEL.FREEZE.FPN": freeze_fpn})
     cfg.MODEL.RESNETS.NORM = "BN"  # plain BatchNorm must be frozen too (running stats)
     model = build(cfg)
     model.train()

@@ -77,7 +77,7 @@ def test_build_targets_gathers_masks_boxes_and_embeddings_per_positive():
     inst = Instances((60, 56))
     inst.gt_masks = BitMasks(masks)
     inst.gt_classes = torch.tensor([0])
-    inst.gt_embs = torch.tensor([[1.0, 2.0, 3.0]])
+    inst.gt_embeddings = torch.tensor([[1.0, 2.0, 3.0]])
     bare = Instances((60, 56))
     bare.gt_masks = BitMasks(masks_from((32, 0, 64, 48))[:, :60, :56])
     bare.gt_classes = torch.tensor([0])

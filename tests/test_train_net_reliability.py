@@ -3,7 +3,6 @@
 import multiprocessing
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from training_cases import tiny_training_cfg
 
-from scripts import load_script
+from scripts import load_script, sigkill_when
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.utils.launch import launch
 
@@ -77,18 +76,13 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(
     child = multiprocessing.get_context("spawn").Process(
         target=_train_until_hung, args=(config, training_datasets, 2)
     )
-    child.start()
     pointer = round_dir / "last_checkpoint"
-    try:
-        deadline = time.monotonic() + 120
-        while not (pointer.is_file() and pointer.read_text() == "model_0000003.pth"):
-            assert child.is_alive(), f"training ended early (exit code {child.exitcode})"
-            assert time.monotonic() < deadline, "no second checkpoint within 120 s"
-            time.sleep(0.05)
-    finally:
-        child.kill()
-        child.join()
-    assert child.exitcode == -signal.SIGKILL
+    sigkill_when(
+        child,
+        lambda: pointer.is_file() and pointer.read_text() == "model_0000003.pth",
+        timeout=120,
+        what="a second checkpoint",
+    )
     assert not (round_dir / "model_final.pth").exists()
 
     _load_train_net().cli(["--config-file", str(config), "--resume", "SOLVER.MAX_ITER", "6"])

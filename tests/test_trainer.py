@@ -14,6 +14,7 @@ from training_cases import EMBED_DIM, tiny_training_cfg
 
 from scripts import load_script
 from uis_d2.engine import Trainer, check_runtime
+from uis_d2.engine.run_config import prepare_run_config
 from uis_d2.evaluation import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def _metrics_lines(output_dir: Path) -> list[dict]:
 
 
 def _train(cfg, resume=False) -> Trainer:
-    trainer = Trainer(cfg)
+    trainer = Trainer(prepare_run_config(cfg))
     trainer.resume_or_load(resume=resume)
     trainer.train()
     return trainer
@@ -55,7 +56,7 @@ def test_train_then_evaluate_then_resume(tmp_path):
 
     # Resume: a longer schedule continues after the saved iteration with the saved weights.
     saved = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
-    resumed = Trainer(tiny_training_cfg(out, max_iter=4))
+    resumed = Trainer(prepare_run_config(tiny_training_cfg(out, max_iter=4)))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2
     for name, value in resumed.model.state_dict().items():
@@ -99,3 +100,58 @@ def test_train_net_rejects_bad_configs_before_launching(tmp_path):
         train_net.cli(["--config-file", config, "MODEL.SOLOV2.NOT_A_KEY", "1"])
     with pytest.raises(SystemExit, match="nowhere.pkl"):
         train_net.cli(["--config-file", config, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pkl")])
+
+
+def test_default_trainer_still_builds_what_the_trainer_swaps():
+    """Trainer changes two things DefaultTrainer.__init__ builds by swapping the names it looks
+    up in detectron2.engine.defaults; a detectron2 that builds them elsewhere breaks that."""
+    import inspect
+
+    import detectron2.engine.defaults as d2_defaults
+    from detectron2.engine import DefaultTrainer
+
+    source = inspect.getsource(DefaultTrainer.__init__)
+    assert "create_ddp_model(model" in source and "DetectionCheckpointer(" in source
+    assert "self.register_hooks(self.build_hooks())" in source
+    assert source.index("DetectionCheckpointer(") < source.index("self.build_hooks()")
+    assert callable(d2_defaults.create_ddp_model) and d2_defaults.DetectionCheckpointer
+
+
+def test_trainer_checkpoints_through_the_resilient_checkpointer(tmp_path):
+    from detectron2.engine import hooks
+
+    from uis_d2.engine.checkpointer import ResilientCheckpointer
+
+    trainer = Trainer(prepare_run_config(tiny_training_cfg(tmp_path, max_iter=1)))
+    assert isinstance(trainer.checkpointer, ResilientCheckpointer)
+    periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+    assert periodic and periodic[0].checkpointer is trainer.checkpointer
+    # The swap is scoped to the constructor: detectron2's own names are back.
+    import detectron2.engine.defaults as d2_defaults
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    assert d2_defaults.DetectionCheckpointer is DetectionCheckpointer
+
+
+def test_saved_configs_rebuild_exactly_the_trained_model(tmp_path):
+    """OUTPUT_DIR/config.yaml and round1/config.yaml, as tools/train_net.py saves them, build a
+    model whose tensors are exactly the checkpoint's: EMBED_DIM is the resolved width, not 0."""
+    from detectron2.modeling import build_model
+
+    from uis_d2.config import get_cfg
+
+    out = tmp_path / "out"
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(tiny_training_cfg(out, max_iter=1).dump())
+    train_net = _load_train_net()
+    args = train_net.default_argument_parser().parse_args(["--config-file", str(config_file)])
+    train_net.main(args)
+    weights = out / "round1/model_final.pth"
+    saved = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    for saved_config in (out / "config.yaml", out / "round1/config.yaml"):
+        cfg = get_cfg()
+        cfg.merge_from_file(str(saved_config))
+        assert cfg.MODEL.SOLOV2.EMBED_DIM == EMBED_DIM, saved_config
+        model = build_model(cfg)
+        assert set(model.state_dict()) == set(saved), saved_config
+        model.load_state_dict(saved, strict=True)  # every tensor, every shape

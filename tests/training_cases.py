@@ -56,7 +56,7 @@ def tiny_training_cfg(output_dir: Path, max_iter: int = 2):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     shrink_solov2(cfg)
-    cfg.MODEL.FREEZE.BACKBONE = False
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2  # detectron2's default: stem and res2 only
     s = cfg.MODEL.SOLOV2
     s.NMS_PRE = 50
     s.MAX_PER_IMG = 10

@@ -15,7 +15,7 @@ import sys
 
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from uis_d2.utils.checkpoint_convert import (
-    CHECKPOINT_FORMATS,
+    CONVERT_FORMATS,
     convert_state_dict,
     read_checkpoint,
     save_detectron2_checkpoint,
@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="checkpoint file (.pth/.pth.tar)")
     parser.add_argument("output", help="detectron2 file to write (.pkl or .pth)")
-    parser.add_argument("--format", default="auto", choices=CHECKPOINT_FORMATS)
+    parser.add_argument("--format", default="auto", choices=CONVERT_FORMATS)
     parser.add_argument(
         "--trust-pickle",
         action="store_true",

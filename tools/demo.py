@@ -29,8 +29,9 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from uis_d2.config import load_config
 from uis_d2.config.loading import ConfigError
 from uis_d2.data.image_io import BadImageError, read_image
+from uis_d2.data.pseudo_labels import THING_CLASSES
 from uis_d2.engine import check_runtime
-from uis_d2.engine.embed_dim import with_embed_dim
+from uis_d2.engine.run_config import prepare_run_config
 from uis_d2.utils.files import atomic_write_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -80,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = with_embed_dim(cfg, required=False)
+    cfg = prepare_run_config(cfg, require_training_data=False)
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "uis_demo")
     if not metadata.get("thing_classes", None):
-        metadata.thing_classes = ["object"]
+        metadata.thing_classes = THING_CLASSES
     args.output.mkdir(parents=True, exist_ok=True)
 
     failures = 0

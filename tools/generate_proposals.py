@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 
 from uis_d2.config import load_config
 from uis_d2.proposals.runner import GenerationJob, generate_on_this_rank, prepare_job, uses_cuda
-from uis_d2.utils.launch import launch
+from uis_d2.utils.launch import launch_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,15 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config_file, args.opts)
     check_checkpoints(cfg)
     job = prepare_job(args.dataset, args.output, limit=args.limit, num_vis=args.vis)
-    launch(
-        run_rank,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(cfg, job),
-        backend="nccl" if uses_cuda(cfg) else "gloo",
-    )
+    launch_from_args(run_rank, args, (cfg, job), backend="nccl" if uses_cuda(cfg) else "gloo")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ import uis_d2  # noqa: F401  (compat before detectron2)
 import detectron2
 import torch
 
-from uis_d2.pipeline.curves import plot_loss_curves
-from uis_d2.pipeline.overlays import annotations_by_image, write_comparison_grids
-from uis_d2.pipeline.report import format_table, write_report
+from uis_d2.report.curves import plot_loss_curves
+from uis_d2.report.overlays import annotations_by_image, write_comparison_grids
+from uis_d2.report.page import format_table, write_report
 from uis_d2.utils.files import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,23 +30,16 @@ from uis_d2.data.validation import AnnotationError
 from uis_d2.engine import Trainer, check_runtime, run_self_training
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.data_checks import validate_datasets
-from uis_d2.engine.embed_dim import with_embed_dim
-from uis_d2.engine.trainer import register_configured_pseudo_labels
-from uis_d2.utils.launch import launch
+from uis_d2.engine.run_config import prepare_run_config
+from uis_d2.utils.launch import launch_from_args
 
 
 def setup(args) -> CfgNode:
-    """Config from file + overrides, checked, logged and saved.
-
-    For training, EMBED_DIM 0 stays 0 here: each self-training round reads it from its own
-    pseudo-labels (and saves its resolved config as round{r}/config.yaml).
-    """
+    """Config from file + overrides, checked, prepared (engine/run_config.py), logged and
+    saved; each self-training round prepares and saves its own as round{r}/config.yaml."""
     cfg = load_config(args.config_file, args.opts)
     check_runtime(cfg)
-    register_configured_pseudo_labels(cfg)
-    if args.eval_only:
-        cfg = with_embed_dim(cfg, required=False)
-    cfg.freeze()
+    cfg = prepare_run_config(cfg, require_training_data=not args.eval_only)
     default_setup(cfg, args)
     # default_setup configures detectron2's loggers only; the project's report the same way.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uis_d2")
@@ -71,18 +64,11 @@ def cli(argv: list[str] | None = None) -> None:
         # is spawned (and before hours of training reach the bad annotation).
         cfg = load_config(args.config_file, args.opts)
         check_runtime(cfg)
-        register_configured_pseudo_labels(cfg)
+        cfg = prepare_run_config(cfg, require_training_data=not args.eval_only)
         validate_datasets(cfg, train=not args.eval_only)
     except (ConfigError, FileNotFoundError, RuntimeError, AnnotationError) as err:
         sys.exit(f"error: {err}")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args, (args,))
 
 
 if __name__ == "__main__":

@@ -100,10 +100,9 @@ def add_solov2_config(cfg: CN) -> None:
 
 
 def add_freeze_config(cfg: CN) -> None:
-    """Which parts of the model are frozen (the paper freezes the backbone)."""
+    """Which parts of the model are frozen beyond detectron2's MODEL.BACKBONE.FREEZE_AT (which
+    freezes the ResNet: 5 = all of it, the paper's frozen backbone; Base-SOLOv2.yaml sets 5)."""
     cfg.MODEL.FREEZE = CN()
-    # Freeze the whole ResNet bottom-up backbone (paper: True).
-    cfg.MODEL.FREEZE.BACKBONE = True
     # Also freeze the FPN lateral and output convs (open: False).
     cfg.MODEL.FREEZE.FPN = False
 

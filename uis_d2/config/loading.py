@@ -9,11 +9,23 @@ from detectron2.config import CfgNode
 from detectron2.config import get_cfg as get_detectron2_cfg
 
 from uis_d2.config.defaults import add_uis_config
-from uis_d2.modeling.solov2.losses import LOSS_REDUCTIONS
+from uis_d2.data.image_io import BAD_IMAGE_POLICIES
+from uis_d2.features import CHECKPOINT_FORMATS, RESNET_STAGES
+from uis_d2.layers.matrix_nms import NMS_KERNELS
+from uis_d2.modeling.solov2.heads import NORMS
+from uis_d2.modeling.solov2.losses import LOSS_MODES, LOSS_REDUCTIONS
 
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or holds an invalid value."""
+
+
+# Keys the project removed, and what replaces each: a config still naming one fails with this.
+REMOVED_KEYS = {
+    "MODEL.FREEZE.BACKBONE": "freeze the ResNet with detectron2's MODEL.BACKBONE.FREEZE_AT "
+    "(5 = the whole network, what FREEZE.BACKBONE True did; 0 = nothing, what False did with "
+    "FREEZE_AT 0)",
+}
 
 
 def get_cfg() -> CfgNode:
@@ -50,7 +62,11 @@ def load_config(config_file: str | Path | None = None, opts: Sequence[str] = ())
 
 
 def _message(err: Exception) -> str:
-    return err.args[0] if err.args else repr(err)
+    message = str(err.args[0]) if err.args else repr(err)
+    for key, replacement in REMOVED_KEYS.items():
+        if message.endswith(key):
+            return f"{key} was removed: {replacement}"
+    return message
 
 
 def _check(condition: bool, key: str, value: object, requirement: str) -> None:
@@ -126,16 +142,16 @@ def validate_uis_config(cfg: CfgNode) -> None:
     _check_positive(cfg, s + "EMBED_DIM", allow_zero=True)
     for key in ("SIGMA", "PRIOR_PROB", "SCORE_THR", "MASK_THR", "UPDATE_THR"):
         _check_fraction(cfg, s + key)
-    _check_choice(cfg, s + "NMS_KERNEL", ("gaussian", "linear"))
+    _check_choice(cfg, s + "NMS_KERNEL", NMS_KERNELS)
     _check_positive(cfg, s + "NMS_SIGMA")
-    _check_choice(cfg, s + "NORM", ("GN", ""))
+    _check_choice(cfg, s + "NORM", NORMS)
     if cfg.MODEL.SOLOV2.NORM == "GN":
         for key in ("INSTANCE_CHANNELS", "MASK_CHANNELS", "NUM_MASKS"):
             value = cfg.MODEL.SOLOV2[key]
             _check(value % 32 == 0, s + key, value, "must be a multiple of 32 (GroupNorm(32))")
 
     loss = s + "LOSS."
-    _check_choice(cfg, loss + "MODE", ("weak", "supervised"))
+    _check_choice(cfg, loss + "MODE", LOSS_MODES)
     _check_choice(cfg, loss + "REDUCTION", LOSS_REDUCTIONS)
     for key in (
         "FOCAL_WEIGHT",
@@ -179,7 +195,7 @@ def validate_uis_config(cfg: CfgNode) -> None:
         scale,
         "must be [low, high] with 0 < low <= high",
     )
-    _check_choice(cfg, "INPUT.BAD_IMAGE_POLICY", ("skip", "fail"))
+    _check_choice(cfg, "INPUT.BAD_IMAGE_POLICY", BAD_IMAGE_POLICIES)
 
     p = "PROPOSALS."
     for key in ("BATCH_SIZE",):
@@ -212,12 +228,8 @@ def validate_uis_config(cfg: CfgNode) -> None:
         "needs at least one scale, each in (0, 1]",
     )
     for prefix in (p + "EXTRACTOR.", p + "SALIENCY.EXTRACTOR."):
-        _check_choice(cfg, prefix + "RESNET_STAGE", ("res4", "res5"))
-        _check_choice(
-            cfg,
-            prefix + "CHECKPOINT_FORMAT",
-            ("auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm"),
-        )
+        _check_choice(cfg, prefix + "RESNET_STAGE", RESNET_STAGES)
+        _check_choice(cfg, prefix + "CHECKPOINT_FORMAT", CHECKPOINT_FORMATS)
         _check_positive(cfg, prefix + "PATCH_SIZE")
 
     _check_positive(cfg, "SELF_TRAINING.ROUNDS")

@@ -10,7 +10,6 @@ in the json named by the metadata for per-category analyses. File layout: datase
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,13 +20,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import load_coco_json
 
-CLASS_AGNOSTIC_META = {"evaluator_type": "class_agnostic", "thing_classes": ["object"]}
+from uis_d2.data import pseudo_labels
+from uis_d2.data.pseudo_labels import THING_CLASSES
 
-# Annotation keys load_coco_json reads itself (or, for id/image_id/area, uses no further);
-# every other key of a pseudo-label json (score, emb, k, saliency_overlap, ...) is passed on.
-COCO_ANNOTATION_KEYS = frozenset(
-    {"id", "image_id", "category_id", "iscrowd", "bbox", "segmentation", "keypoints", "area"}
-)
+CLASS_AGNOSTIC_META = {"evaluator_type": "class_agnostic", "thing_classes": THING_CLASSES}
 
 
 @dataclass(frozen=True)
@@ -108,28 +104,6 @@ class RootRelativeMetadata(Metadata):
         return {**super().as_dict(), **paths, "json_files": self.json_files}
 
 
-def load_json_file(path: str | Path, what: str = "json file") -> dict[str, Any]:
-    """Read a json object; missing or malformed files raise errors that name the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid json: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {path} must hold a json object, got {type(data).__name__}")
-    return data
-
-
-def extra_annotation_keys_in(json_file: str | Path) -> list[str]:
-    """The non-standard annotation keys present in a COCO json (e.g. score, emb)."""
-    coco = load_json_file(json_file, "annotation file")
-    present = {key for annotation in coco.get("annotations", []) for key in annotation}
-    return sorted(present - COCO_ANNOTATION_KEYS)
-
-
 def load_class_agnostic(
     json_file: str | Path,
     image_root: str | Path,
@@ -138,7 +112,7 @@ def load_class_agnostic(
     """Load a COCO json (with or without annotations) as detectron2 dicts of one class.
 
     Relative paths are resolved under the dataset root now, so the root is read at load time.
-    ``extra_annotation_keys=None`` keeps every non-standard annotation key present in the json
+    ``extra_annotation_keys=None`` keeps every non-COCO annotation key present in the json
     (this reads the json twice: load_coco_json drops keys it is not told about).
     """
     json_path, image_dir = _resolve(json_file), _resolve(image_root)
@@ -150,7 +124,7 @@ def load_class_agnostic(
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir} (for {json_path})")
     if extra_annotation_keys is None:
-        extra_annotation_keys = extra_annotation_keys_in(json_path)
+        extra_annotation_keys = pseudo_labels.extra_annotation_keys(json_path)
     dicts = load_coco_json(
         str(json_path), str(image_dir), extra_annotation_keys=list(extra_annotation_keys)
     )
@@ -191,9 +165,8 @@ def register_class_agnostic(name: str, json_file: str, image_root: str) -> None:
 
 
 def register_pseudo_labels(name: str, json_file: str, image_root: str) -> None:
-    """Register a pseudo-label json whose dicts keep every extra annotation key present
-    (score, emb, k, saliency_overlap, ...), which the training losses and self-training read.
-    """
+    """Register a pseudo-label json (data/pseudo_labels.py) whose dicts keep every pseudo-label
+    key present (score, emb, k, saliency_overlap, ...): the mapper and the losses read them."""
     parts = (SplitFiles(json_file, image_root),)
     _register(name, parts, _concatenated_loader(parts, extra_annotation_keys=None))
 

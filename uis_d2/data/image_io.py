@@ -43,6 +43,10 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _bomb_limit_lock = threading.Lock()
 
 
+# INPUT.BAD_IMAGE_POLICY: "skip" warns and goes on without the image, "fail" stops the run.
+BAD_IMAGE_POLICIES = ("skip", "fail")
+
+
 class BadImageError(ValueError):
     """An image file that cannot be used: missing, empty, truncated, not an image, degenerate."""
 

@@ -1,10 +1,10 @@
 """Dataset mapper for training on pseudo-masks (and for inference on plain images).
 
-Differs from detectron2's ``DatasetMapper`` where pseudo-labels need it: masks arrive as RLE with
-a confidence ``score`` and a semantic embedding ``emb`` that must follow each mask through
-filtering, augmentation and copy-paste; boxes are always recomputed from the final masks; images
-go through the project's ``read_image`` so unusual files decode identically everywhere and bad
-ones follow ``INPUT.BAD_IMAGE_POLICY``.
+Differs from detectron2's ``DatasetMapper`` where pseudo-labels (data/pseudo_labels.py) need it:
+masks arrive as RLE with a confidence score and a semantic embedding that must follow each mask
+through filtering, augmentation and copy-paste; boxes are always recomputed from the final
+masks; images go through the project's ``read_image`` so unusual files decode identically
+everywhere and bad ones follow ``INPUT.BAD_IMAGE_POLICY``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances, polygons_to_bitmask
 
 from uis_d2.data.copy_paste import CopyPasteParams, copy_paste
-from uis_d2.data.image_io import BadImageError, read_image
+from uis_d2.data.image_io import BAD_IMAGE_POLICIES, BadImageError, read_image
+from uis_d2.data.pseudo_labels import annotation_embedding, annotation_score
 from uis_d2.utils.masks import masks_to_boxes_xyxy, rle_to_mask
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,14 @@ class PseudoInstances:
     masks: np.ndarray  # (N, H, W) bool
     scores: np.ndarray  # (N,) float32
     classes: np.ndarray  # (N,) int64
-    embs: np.ndarray | None  # (N, D) float32, or None when the labels carry no embedding
+    embeddings: np.ndarray | None  # (N, D) float32, or None when the labels carry none
 
     def select(self, keep: np.ndarray) -> PseudoInstances:
         return PseudoInstances(
             self.masks[keep],
             self.scores[keep],
             self.classes[keep],
-            None if self.embs is None else self.embs[keep],
+            None if self.embeddings is None else self.embeddings[keep],
         )
 
 
@@ -59,13 +60,13 @@ def decode_annotations(
 ) -> PseudoInstances:
     """Decode RLE / polygon pseudo-masks, dropping crowd regions, low scores and tiny masks.
 
-    A missing ``score`` counts as 1.0, so ground-truth jsons can be used as pseudo-labels.
+    A missing score counts as 1.0, so ground-truth jsons can be used as pseudo-labels.
     """
-    masks, scores, classes, embs = [], [], [], []
+    masks, scores, classes, embeddings = [], [], [], []
     for index, annotation in enumerate(annotations):
         if annotation.get("iscrowd", 0):
             continue
-        score = float(annotation.get("score", 1.0))
+        score = annotation_score(annotation)
         if score < min_score:
             continue
         mask = _decode_segmentation(annotation, height, width, f"{file_name}, annotation {index}")
@@ -74,16 +75,18 @@ def decode_annotations(
         masks.append(mask)
         scores.append(score)
         classes.append(0 if class_agnostic else int(annotation.get("category_id", 0)))
-        embs.append(annotation.get("emb"))
+        embeddings.append(annotation_embedding(annotation))
 
-    has_emb = [e is not None for e in embs]
-    if any(has_emb) and not all(has_emb):
+    has_embedding = [e is not None for e in embeddings]
+    if any(has_embedding) and not all(has_embedding):
         raise ValueError(f"{file_name}: some pseudo-masks carry an 'emb' and others do not")
     return PseudoInstances(
         masks=np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool),
         scores=np.asarray(scores, dtype=np.float32),
         classes=np.asarray(classes, dtype=np.int64),
-        embs=np.asarray(embs, dtype=np.float32) if embs and all(has_emb) else None,
+        embeddings=(
+            np.asarray(embeddings, dtype=np.float32) if embeddings and all(has_embedding) else None
+        ),
     )
 
 
@@ -107,7 +110,7 @@ class PseudoMaskDatasetMapper:
 
     Training output: ``image`` (uint8 C,H,W tensor in ``image_format``), ``instances`` with
     gt_masks (BitMasks), gt_boxes (from the masks), gt_classes, gt_scores and, when the labels
-    carry embeddings, gt_embs (N, D); plus ``height``/``width`` of the original image.
+    carry embeddings, gt_embeddings (N, D); plus ``height``/``width`` of the original image.
     Returning None for an unreadable training image lets detectron2's ``MapDataset`` retry
     another index. Randomness is drawn from ``np.random``, which detectron2 seeds per worker,
     so the mapper holds no mutable state and works with any number of workers.
@@ -127,7 +130,7 @@ class PseudoMaskDatasetMapper:
         copy_paste_params: CopyPasteParams | None = None,
         copy_paste_sources: Sequence[dict[str, Any]] | None = None,
         bad_image_policy: str = "skip",
-        embed_dim: int = 0,
+        embedding_dim: int = 0,
         skip_bad_at_inference: bool = False,
     ):
         """
@@ -139,7 +142,7 @@ class PseudoMaskDatasetMapper:
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT = {image_format!r}: the mapper reads RGB or BGR only")
-        if bad_image_policy not in ("skip", "fail"):
+        if bad_image_policy not in BAD_IMAGE_POLICIES:
             raise ValueError(f"INPUT.BAD_IMAGE_POLICY = {bad_image_policy!r}: use skip or fail")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -151,7 +154,7 @@ class PseudoMaskDatasetMapper:
         self.copy_paste_params = copy_paste_params or CopyPasteParams()
         self.copy_paste_sources = copy_paste_sources
         self.bad_image_policy = bad_image_policy
-        self.embed_dim = embed_dim
+        self.embedding_dim = embedding_dim
         self.skip_bad_images = bad_image_policy == "skip" and (is_train or skip_bad_at_inference)
         mode = "training" if is_train else "inference"
         logger.info(
@@ -187,7 +190,7 @@ class PseudoMaskDatasetMapper:
             ),
             "copy_paste_sources": copy_paste_sources,
             "bad_image_policy": cfg.INPUT.BAD_IMAGE_POLICY,
-            "embed_dim": cfg.MODEL.SOLOV2.EMBED_DIM,
+            "embedding_dim": cfg.MODEL.SOLOV2.EMBED_DIM,
         }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
@@ -215,7 +218,9 @@ class PseudoMaskDatasetMapper:
             rng = np.random.default_rng(np.random.randint(2**31))
             if self.copy_paste_prob > 0 and rng.random() < self.copy_paste_prob:
                 image, instances = self._copy_paste(image, instances, rng)
-            dataset_dict["instances"] = _to_instances(instances, image.shape[:2], self.embed_dim)
+            dataset_dict["instances"] = _to_instances(
+                instances, image.shape[:2], self.embedding_dim
+            )
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return dataset_dict
 
@@ -249,10 +254,11 @@ class PseudoMaskDatasetMapper:
             source_image.shape[1],
             source_file,
         )
-        if (source.embs is None) != (instances.embs is None) or (
-            source.embs is not None and source.embs.shape[1] != instances.embs.shape[1]
+        if (source.embeddings is None) != (instances.embeddings is None) or (
+            source.embeddings is not None
+            and source.embeddings.shape[1] != instances.embeddings.shape[1]
         ):
-            # Mixed embedding layouts cannot be stacked into one gt_embs tensor.
+            # Mixed embedding layouts cannot be stacked into one gt_embeddings tensor.
             return image, instances
         result = copy_paste(
             image, instances.masks, source_image, source.masks, self.copy_paste_params, rng
@@ -261,7 +267,11 @@ class PseudoMaskDatasetMapper:
             masks=result.masks,
             scores=result.gather(instances.scores, source.scores),
             classes=result.gather(instances.classes, source.classes),
-            embs=None if source.embs is None else result.gather(instances.embs, source.embs),
+            embeddings=(
+                None
+                if source.embeddings is None
+                else result.gather(instances.embeddings, source.embeddings)
+            ),
         )
         return result.image, pasted
 
@@ -276,7 +286,7 @@ def _transform_masks(
 
 
 def _to_instances(
-    instances: PseudoInstances, image_shape: tuple[int, int], embed_dim: int
+    instances: PseudoInstances, image_shape: tuple[int, int], embedding_dim: int
 ) -> Instances:
     """detectron2 ``Instances`` with boxes recomputed from the final masks."""
     masks = torch.from_numpy(np.ascontiguousarray(instances.masks))
@@ -285,8 +295,8 @@ def _to_instances(
     result.gt_boxes = Boxes(masks_to_boxes_xyxy(masks))
     result.gt_classes = torch.from_numpy(instances.classes)
     result.gt_scores = torch.from_numpy(instances.scores)
-    if instances.embs is not None:
-        result.gt_embs = torch.from_numpy(instances.embs)
-    elif len(result) == 0 and embed_dim > 0:
-        result.gt_embs = torch.zeros((0, embed_dim))
+    if instances.embeddings is not None:
+        result.gt_embeddings = torch.from_numpy(instances.embeddings)
+    elif len(result) == 0 and embedding_dim > 0:
+        result.gt_embeddings = torch.zeros((0, embedding_dim))
     return result

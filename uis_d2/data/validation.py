@@ -34,6 +34,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from uis_d2.data.pseudo_labels import EMBEDDING_KEY, SCORE_KEY
+
 KINDS = ("auto", "gt", "pseudo")
 # Boxes may overshoot the image by float rounding (COCO has x + w = 640.01); masks are pixel-exact.
 BOX_TOLERANCE_PX = 1.0
@@ -90,11 +92,11 @@ class ValidationReport:
         return "\n".join(lines)
 
     def summary(self) -> str:
-        emb = f", embedding dim {self.embedding_dim}" if self.embedding_dim else ""
+        width = f", embedding dim {self.embedding_dim}" if self.embedding_dim else ""
         return (
             f"{self.path} ({self.kind}): {self.num_images} images, {self.num_annotations} "
             f"annotations, {self.num_categories} categories, {self.num_images_without_annotations}"
-            f" images without annotations{emb}; {self.num_problems} problem(s)"
+            f" images without annotations{width}; {self.num_problems} problem(s)"
         )
 
 
@@ -160,7 +162,8 @@ def validate_coco_dict(
     images = _required_list(data, "images", report)
     annotations = _required_list(data, "annotations", report)
     if kind == "auto":
-        kind = "pseudo" if any(isinstance(a, dict) and "score" in a for a in annotations) else "gt"
+        scored = any(isinstance(a, dict) and SCORE_KEY in a for a in annotations)
+        kind = "pseudo" if scored else "gt"
     report.kind = kind
     categories = data.get("categories")
     if categories is None and kind == "gt":
@@ -279,7 +282,7 @@ class _AnnotationChecker:
         self.rle_strings: list[tuple[str, tuple[int, int], str]] = []
         self.rle_lists: list[tuple[str, tuple[int, int], list]] = []
         self.boxes: list[tuple[str, tuple[int, int], list[float]]] = []
-        self.embs: list[tuple[str, list]] = []
+        self.embeddings: list[tuple[str, list]] = []
 
     def run(self, annotations: list, progress: bool) -> None:
         self.report.num_annotations = len(annotations)
@@ -319,16 +322,16 @@ class _AnnotationChecker:
         area = ann.get("area")
         if not _is_finite_number(area) or area < 0:
             add(f"{where}: field 'area' must be a finite number >= 0, got {area!r}")
-        if "score" in ann or self.kind == "pseudo":
-            score = ann.get("score")
+        if SCORE_KEY in ann or self.kind == "pseudo":
+            score = ann.get(SCORE_KEY)
             if not _is_finite_number(score) or not 0.0 <= score <= 1.0:
-                add(f"{where}: field 'score' must be a number in [0, 1], got {score!r}")
-        if "emb" in ann:
-            emb = ann["emb"]
-            if isinstance(emb, list) and emb:
-                self.embs.append((where, emb))
+                add(f"{where}: field '{SCORE_KEY}' must be a number in [0, 1], got {score!r}")
+        if EMBEDDING_KEY in ann:
+            embedding = ann[EMBEDDING_KEY]
+            if isinstance(embedding, list) and embedding:
+                self.embeddings.append((where, embedding))
             else:
-                add(f"{where}: field 'emb' must be a non-empty list of floats")
+                add(f"{where}: field '{EMBEDDING_KEY}' must be a non-empty list of floats")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite_number, bbox))):
             add(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
@@ -438,20 +441,20 @@ class _AnnotationChecker:
 
     def _check_embeddings(self) -> None:
         """Embeddings: finite numbers, one length across the file (the most common one)."""
-        if not self.embs:
+        if not self.embeddings:
             return
-        lengths = [len(emb) for _, emb in self.embs]
+        lengths = [len(embedding) for _, embedding in self.embeddings]
         dim = Counter(lengths).most_common(1)[0][0]
         self.report.embedding_dim = dim
-        for (label, _), length in zip(self.embs, lengths, strict=True):
+        for (label, _), length in zip(self.embeddings, lengths, strict=True):
             if length != dim:
                 self.report.add(
-                    f"{label}: field 'emb' has length {length}, expected {dim} "
+                    f"{label}: field '{EMBEDDING_KEY}' has length {length}, expected {dim} "
                     "(the most common length in this file)"
                 )
         try:
             flat = np.fromiter(
-                itertools.chain.from_iterable(emb for _, emb in self.embs),
+                itertools.chain.from_iterable(embedding for _, embedding in self.embeddings),
                 dtype=np.float64,
                 count=sum(lengths),
             )
@@ -461,10 +464,13 @@ class _AnnotationChecker:
             bad = set(np.searchsorted(np.cumsum(lengths), np.flatnonzero(~finite), side="right"))
         except (TypeError, ValueError):  # a non-number somewhere: find it the slow way
             bad = {
-                i for i, (_, emb) in enumerate(self.embs) if not all(map(_is_finite_number, emb))
+                i
+                for i, (_, embedding) in enumerate(self.embeddings)
+                if not all(map(_is_finite_number, embedding))
             }
         for index in sorted(bad):
-            self.report.add(f"{self.embs[index][0]}: field 'emb' must hold only finite numbers")
+            where = self.embeddings[index][0]
+            self.report.add(f"{where}: field '{EMBEDDING_KEY}' must hold only finite numbers")
 
 
 def _runs_problem(

@@ -2,7 +2,7 @@
 
 Round r trains in OUTPUT_DIR/round{r}/ from the same initial weights (MODEL.WEIGHTS); round r > 1
 learns from round r-1's confident predictions (score >= SELF_TRAINING.SCORE_THRESH), written
-as OUTPUT_DIR/round{r-1}/pseudo_labels.json in the proposals' pseudo-label format. With
+as OUTPUT_DIR/round{r-1}/pseudo_labels.json (format: data/pseudo_labels.py). With
 ``resume``, finished rounds (final model, plus pseudo-labels when a later round needs them) are
 skipped and a partly trained round continues from its last checkpoint.
 """
@@ -24,13 +24,18 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from torch import nn
 
-from uis_d2.data.datasets import load_json_file, register_pseudo_labels
+from uis_d2.data.datasets import register_pseudo_labels
+from uis_d2.data.pseudo_labels import (
+    annotation_record,
+    encode_masks,
+    file_header,
+    read_pseudo_labels,
+)
 from uis_d2.engine.checkpointer import ResilientCheckpointer
-from uis_d2.engine.embed_dim import with_embed_dim
+from uis_d2.engine.run_config import prepare_run_config
 from uis_d2.engine.trainer import Trainer
 from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
-from uis_d2.utils.masks import masks_to_rles, rle_areas, rle_boxes_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -50,36 +55,20 @@ def pseudo_dataset_name(round_index: int) -> str:
 def predictions_to_annotations(
     instances: Instances, score_thresh: float, max_per_image: int
 ) -> list[dict[str, Any]]:
-    """Confident predictions of one image as pseudo-label annotations (without ids).
+    """Confident predictions of one image as pseudo-label annotations (without ids), best first.
 
-    Embeddings are kept when the model predicts them (``pred_embeddings``), so a later round can
-    train its embedding head on them; otherwise the annotations carry none.
+    Embeddings are kept when the model predicts them (``pred_embeddings``), so a later round
+    trains its embedding head on them; otherwise the annotations carry none.
     """
     scores = instances.scores.cpu().numpy()
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= score_thresh][:max_per_image]
     index = torch.from_numpy(order).to(instances.scores.device)
+    embeddings = None
+    if instances.has("pred_embeddings"):
+        embeddings = instances.pred_embeddings[index].float().cpu().numpy()
     # Encoded where the model left them: only run starts, not whole masks, reach the host.
-    rles = masks_to_rles(instances.pred_masks[index])
-    boxes = rle_boxes_xywh(rles)
-    areas = rle_areas(rles)
-    embs = instances.pred_embeddings[index].tolist() if instances.has("pred_embeddings") else None
-    annotations = []
-    for i, score in enumerate(scores[order]):
-        if areas[i] == 0:
-            continue
-        annotation = {
-            "category_id": 1,
-            "iscrowd": 0,
-            "segmentation": rles[i],
-            "bbox": boxes[i],
-            "area": areas[i],
-            "score": float(score),
-        }
-        if embs is not None:
-            annotation["emb"] = embs[i]
-        annotations.append(annotation)
-    return annotations
+    return encode_masks(instances.pred_masks[index], scores[order], embeddings)
 
 
 class PseudoLabelWriter(DatasetEvaluator):
@@ -148,14 +137,9 @@ def _to_coco(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, A
                 "width": record["width"],
             }
         )
-        for annotation in record["annotations"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
-    return {
-        "info": {**info, "image_root": image_root},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "object"}],
-    }
+        for fields in record["annotations"]:
+            annotations.append(annotation_record(len(annotations) + 1, image_id, fields))
+    return {**file_header({**info, "image_root": image_root}, images), "annotations": annotations}
 
 
 def write_pseudo_labels(
@@ -181,7 +165,8 @@ def write_pseudo_labels(
 
 
 def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:
-    model = Trainer.build_model(with_embed_dim(cfg))
+    """The model of a prepared ``cfg`` (engine/run_config.py) with ``weights`` loaded."""
+    model = Trainer.build_model(cfg)
     ResilientCheckpointer(model).load(str(weights))
     return model
 
@@ -198,8 +183,7 @@ def run_self_training(cfg: CfgNode, resume: bool = False) -> Any:
         round_cfg.defrost()
         round_cfg.OUTPUT_DIR = str(out)
         round_cfg.DATASETS.TRAIN = tuple(train_datasets)
-        round_cfg = with_embed_dim(round_cfg)
-        round_cfg.freeze()
+        round_cfg = prepare_run_config(round_cfg)
         if comm.is_main_process():  # the exact settings of this round, for --eval-only later
             atomic_write_bytes(out / "config.yaml", round_cfg.dump().encode("utf-8"))
         final_model = out / FINAL_MODEL_FILE
@@ -221,7 +205,7 @@ def run_self_training(cfg: CfgNode, resume: bool = False) -> Any:
             model = load_trained_model(round_cfg, final_model)
             info = {"round": r, "model": str(final_model)}
             write_pseudo_labels(round_cfg, model, list(cfg.DATASETS.TRAIN), pseudo_json, info)
-        image_root = load_json_file(pseudo_json, "pseudo-label json")["info"]["image_root"]
+        image_root = read_pseudo_labels(pseudo_json)["info"]["image_root"]
         register_pseudo_labels(pseudo_dataset_name(r), str(pseudo_json), image_root)
         train_datasets = [pseudo_dataset_name(r)]
     return result

@@ -1,20 +1,22 @@
 """detectron2 ``DefaultTrainer`` for SOLOv2 on pseudo-masks.
 
 Only what differs from the default is overridden: the data loaders (pseudo-mask mapper with
-copy-paste), the evaluator (class-agnostic COCO metrics), the embedding dimension read from the
-pseudo-labels, DDP on CPU, and a checkpointer that resumes past a truncated checkpoint
-(checkpointer.py). Optimiser, LR schedule, AMP (``SOLVER.AMP.ENABLED``), periodic checkpoints
-and evaluation (``TEST.EVAL_PERIOD``) and the metric writers (console, metrics.json, TensorBoard)
-are detectron2's.
+copy-paste), the evaluator (class-agnostic COCO metrics), DDP on CPU, and a checkpointer that
+resumes past a truncated checkpoint (checkpointer.py). Optimiser, LR schedule, AMP
+(``SOLVER.AMP.ENABLED``), periodic checkpoints and evaluation (``TEST.EVAL_PERIOD``) and the
+metric writers (console, metrics.json, TensorBoard) are detectron2's. The cfg is a prepared one
+(engine/run_config.py: pseudo-labels registered, EMBED_DIM resolved).
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
-import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import detectron2.engine.defaults as d2_defaults
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
@@ -22,50 +24,20 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
-from detectron2.engine.defaults import create_ddp_model
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import DefaultTrainer
 
-from uis_d2.data.datasets import register_pseudo_labels
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
 from uis_d2.engine.checkpointer import ResilientCheckpointer
-from uis_d2.engine.embed_dim import with_embed_dim
 from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.evaluation import ClassAgnosticEvaluator
-
-logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the project's data loading and evaluation."""
 
     def __init__(self, cfg: CfgNode):
-        # DefaultTrainer.__init__ is restated because it hands DDP the local rank as a device id,
-        # which DDP rejects for CPU models; everything else is the same, in the same order.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        register_configured_pseudo_labels(cfg)
-        cfg = with_embed_dim(cfg)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        ddp_kwargs = {} if torch.device(cfg.MODEL.DEVICE).type == "cuda" else {"device_ids": None}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = ResilientCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        with _defaults_for(cfg):
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -97,10 +69,26 @@ class Trainer(DefaultTrainer):
         return ClassAgnosticEvaluator(dataset_name, output_dir=output_folder)
 
 
-def register_configured_pseudo_labels(cfg: CfgNode) -> None:
-    """Register INPUT.PSEUDO_MASKS.REGISTER's jsons (idempotent; each process needs it)."""
-    for name, json_file, image_root in cfg.INPUT.PSEUDO_MASKS.REGISTER:
-        register_pseudo_labels(name, json_file, image_root)
+@contextmanager
+def _defaults_for(cfg: CfgNode) -> Iterator[None]:
+    """What ``DefaultTrainer.__init__`` builds differently here, swapped in while it runs:
+
+    - on a CPU, DDP without device ids: ``create_ddp_model`` hands DDP the local rank as a
+      device id, which DDP rejects for CPU models (multi-process training on CPU, gloo);
+    - the checkpointer: ``ResilientCheckpointer`` instead of ``DetectionCheckpointer``, so the
+      periodic checkpoint hook and ``resume_or_load`` both use it.
+
+    Both names are looked up in ``detectron2.engine.defaults`` when ``__init__`` runs
+    (tests/test_trainer.py fails if detectron2 stops building them there).
+    """
+    saved = d2_defaults.create_ddp_model, d2_defaults.DetectionCheckpointer
+    if torch.device(cfg.MODEL.DEVICE).type != "cuda":
+        d2_defaults.create_ddp_model = functools.partial(saved[0], device_ids=None)
+    d2_defaults.DetectionCheckpointer = ResilientCheckpointer
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model, d2_defaults.DetectionCheckpointer = saved
 
 
 def check_runtime(cfg: CfgNode) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from uis_d2.data.pseudo_labels import CATEGORIES
+from uis_d2.utils.files import read_json
 
 METRIC_KEYS = [
     "AP",
@@ -36,8 +38,6 @@ METRIC_KEYS = [
 ]
 IOU_TYPES = ("segm", "bbox")
 BACKENDS = ("pycocotools", "faster", "auto")
-# Categories given to ground truth that has none: the class-agnostic protocol needs only one.
-DEFAULT_CATEGORIES = [{"id": 1, "name": "object"}]
 
 GroundTruth = str | Path | COCO | Mapping[str, Any]
 Predictions = Sequence[Mapping[str, Any]] | Mapping[str, Any] | str | Path
@@ -48,18 +48,6 @@ def source_name(obj: Any, default: str) -> str:
     return str(obj) if isinstance(obj, (str, Path)) else default
 
 
-def load_json_file(path: str | Path, what: str) -> Any:
-    """Read a json file; errors name the file and what it was meant to hold."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        with path.open("rb") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} file {path} is not valid json: {e}") from e
-
-
 def load_ground_truth(gt: GroundTruth) -> dict[str, Any]:
     """A validated COCO dataset dict from a path, a dict or a COCO object.
 
@@ -67,7 +55,7 @@ def load_ground_truth(gt: GroundTruth) -> dict[str, Any]:
     """
     source = source_name(gt, "ground truth")
     if isinstance(gt, (str, Path)):
-        dataset = load_json_file(gt, "ground-truth")
+        dataset = read_json(gt, "ground-truth file", expect_object=False)
     elif hasattr(gt, "dataset"):  # a pycocotools or faster-coco-eval COCO object
         dataset = gt.dataset
     else:
@@ -97,7 +85,8 @@ def load_ground_truth(gt: GroundTruth) -> dict[str, Any]:
     return {
         **dataset,
         "annotations": annotations,
-        "categories": dataset.get("categories") or DEFAULT_CATEGORIES,
+        # Ground truth without categories: the class-agnostic protocol needs only one.
+        "categories": dataset.get("categories") or CATEGORIES,
     }
 
 
@@ -111,7 +100,7 @@ def load_predictions(predictions: Predictions) -> list[Mapping[str, Any]]:
     """Raw prediction entries from a results list, a pseudo-label dict or either's json file."""
     source = source_name(predictions, "predictions")
     if isinstance(predictions, (str, Path)):
-        predictions = load_json_file(predictions, "predictions")
+        predictions = read_json(predictions, "predictions file", expect_object=False)
     if isinstance(predictions, Mapping):
         if not isinstance(predictions.get("annotations"), list):
             raise ValueError(

@@ -21,6 +21,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Instances
 from detectron2.utils import comm
 
+from uis_d2.data.pseudo_labels import OBJECT_CATEGORY_ID
 from uis_d2.evaluation.coco_agnostic import IOU_TYPES, evaluate_agnostic, format_metrics_table
 from uis_d2.utils.files import atomic_write_json
 from uis_d2.utils.masks import masks_to_rles, rle_boxes_xywh
@@ -49,7 +50,7 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict[
     return [
         {
             "image_id": image_id,
-            "category_id": 1,
+            "category_id": OBJECT_CATEGORY_ID,
             "segmentation": rle,
             "bbox": box,
             "score": float(score),

@@ -8,11 +8,19 @@ from uis_d2.features.base import (
     build_feature_extractor,
     preprocessed_size,
 )
-from uis_d2.features.checkpoints import CHECKPOINT_FORMATS, file_sha256, load_checkpoint
+from uis_d2.features.checkpoints import (
+    CHECKPOINT_FORMATS,
+    ENCODER_PREFIXES,
+    file_sha256,
+    load_checkpoint,
+)
+from uis_d2.features.resnet import RESNET_STAGES
 
 __all__ = [
     "CHECKPOINT_FORMATS",
+    "ENCODER_PREFIXES",
     "FEATURE_EXTRACTOR_REGISTRY",
+    "RESNET_STAGES",
     "FeatureExtractor",
     "FeatureMap",
     "build_feature_extractor",

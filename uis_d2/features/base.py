@@ -1,9 +1,11 @@
 """The contract of every dense feature extractor, and the shared preprocessing.
 
-Extractors are plug-ins in ``FEATURE_EXTRACTOR_REGISTRY``, built from one extractor config node
-(``cfg.PROPOSALS.EXTRACTOR`` or ``cfg.PROPOSALS.SALIENCY.EXTRACTOR``). Every extractor maps a
-batch of normalised images to a patch grid whose cell (i, j) covers the input pixels
-``[i * stride, (i + 1) * stride) x [j * stride, (j + 1) * stride)``.
+Extractors are plug-ins in ``FEATURE_EXTRACTOR_REGISTRY``, built the detectron2 way: each
+constructor takes plain arguments (``@configurable``), and its ``from_config(cfg, short_side,
+max_side)`` classmethod reads them from one extractor config node (``cfg.PROPOSALS.EXTRACTOR`` or
+``cfg.PROPOSALS.SALIENCY.EXTRACTOR``); ``build_feature_extractor(node, ...)`` picks the class named
+by ``node.NAME``. Every extractor maps a batch of normalised images to a patch grid whose cell
+(i, j) covers the input pixels ``[i * stride, (i + 1) * stride) x [j * stride, (j + 1) * stride)``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from fvcore.common.registry import Registry
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 FEATURE_EXTRACTOR_REGISTRY = Registry("FEATURE_EXTRACTOR")
 FEATURE_EXTRACTOR_REGISTRY.__doc__ = "Dense feature extractors, built from an extractor cfg node."
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -55,6 +56,9 @@ def preprocessed_size(height: int, width: int, short_side: int, max_side: int, s
 class FeatureExtractor(nn.Module):
     """Base class: subclasses set ``stride`` and implement ``extract``.
 
+    ``name``/``arch``/``checkpoint`` are provenance (``describe``); a subclass that loads weights
+    reads ``checkpoint`` in the layout ``checkpoint_format`` (features/checkpoints.py).
+    ``short_side``/``max_side``: the model-input size (``preprocessed_size``).
     ``amp``: run ``extract`` under bfloat16 autocast on CUDA (ignored elsewhere) when the
     subclass declares ``supports_amp``: the ViTs, whose time is in matmuls that tensor cores
     run several times faster in bf16, and whose keys only feed cosine affinities. Features are
@@ -64,17 +68,42 @@ class FeatureExtractor(nn.Module):
     stride: int
     supports_amp = False
 
-    def __init__(self, node, short_side: int = 480, max_side: int = 800) -> None:
+    @configurable
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        arch: str = "",
+        checkpoint: str = "",
+        checkpoint_format: str = "auto",
+        short_side: int = 480,
+        max_side: int = 800,
+        amp: bool = False,
+    ) -> None:
         super().__init__()
-        self.amp = False  # set by build_feature_extractor
-        self.name = str(node.NAME)
-        self.arch = str(node.ARCH)
-        self.checkpoint = str(node.CHECKPOINT)
+        self.name = type(self).__name__ if name is None else str(name)
+        self.arch = str(arch)
+        self.checkpoint = str(checkpoint)
+        self.checkpoint_format = str(checkpoint_format)
         self.short_side = int(short_side)
         self.max_side = int(max_side)
+        self.amp = bool(amp) and self.supports_amp
         self.checkpoint_sha256: str | None = None
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        self.register_buffer("_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg, short_side: int = 480, max_side: int = 800) -> dict[str, Any]:
+        """Constructor arguments from one extractor node ``cfg`` (the only place reading it;
+        subclasses add their own keys) and the shared input size."""
+        return {
+            "name": cfg.NAME,
+            "arch": cfg.ARCH,
+            "checkpoint": cfg.CHECKPOINT,
+            "checkpoint_format": cfg.CHECKPOINT_FORMAT,
+            "short_side": short_side,
+            "max_side": max_side,
+        }
 
     @property
     def device(self) -> torch.device:
@@ -126,9 +155,8 @@ def build_feature_extractor(
     if name not in FEATURE_EXTRACTOR_REGISTRY:
         known = sorted(k for k, _ in FEATURE_EXTRACTOR_REGISTRY)
         raise KeyError(f"extractor NAME = {name!r} is not registered; known: {known}")
-    extractor = FEATURE_EXTRACTOR_REGISTRY.get(name)(node, short_side=short_side, max_side=max_side)
-    extractor.amp = bool(amp) and extractor.supports_amp
-    return extractor.eval()
+    extractor_class = FEATURE_EXTRACTOR_REGISTRY.get(name)
+    return extractor_class(node, short_side=short_side, max_side=max_side, amp=amp).eval()
 
 
 def extract_features(extractor: FeatureExtractor, images: list[torch.Tensor]) -> list[torch.Tensor]:

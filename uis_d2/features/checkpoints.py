@@ -26,18 +26,30 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMATS = ("auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm")
-
-# Per layout, the first prefix some key carries selects the sub-model (others are discarded).
-_SUBMODEL_PREFIXES = {
+# Per layout, the prefixes under which its files keep the encoder, most specific first ("" =
+# unprefixed); keys under none of them (momentum encoders, heads, queues) are discarded. One table
+# for the ViT/ResNet extractors below and for the ResNet conversion to detectron2 names
+# (uis_d2/utils/checkpoint_convert.py, whose "moco" is MoCo v1/v2 and "torchvision" a plain ResNet).
+ENCODER_PREFIXES = {
     "mae": ("module.", ""),
     "dino": ("module.backbone.", "backbone.", "module.", ""),
     "mocov3": ("module.base_encoder.", "base_encoder.", "module.", ""),
     "msn": ("module.", ""),
     "selfpatch": ("module.backbone.", "backbone.", "module.", ""),
-    "densecl": ("module.encoder_q.0.", "encoder_q.0.", "module.backbone.", "backbone.", ""),
+    "densecl": (
+        "module.encoder_q.0.",
+        "encoder_q.0.",
+        "module.backbone.",
+        "backbone.",
+        "module.",
+        "",
+    ),
     "timm": ("module.", ""),
+    "moco": ("module.encoder_q.", "encoder_q.", ""),
+    "torchvision": ("module.", ""),
 }
+# The layouts an extractor node's CHECKPOINT_FORMAT may name ("auto" detects them).
+CHECKPOINT_FORMATS = ("auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm")
 # A checkpoint must supply at least this fraction of the model's tensors, or it is the wrong file.
 _MIN_LOADED_FRACTION = 0.5
 
@@ -104,7 +116,7 @@ def _unwrap(obj: Mapping, fmt: str, path: Path) -> Mapping:
 
 def _select_submodel(state: Mapping, fmt: str) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    for prefix in _SUBMODEL_PREFIXES[fmt]:
+    for prefix in ENCODER_PREFIXES[fmt]:
         if prefix and any(k.startswith(prefix) for k in tensors):
             kept = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             if len(kept) < len(tensors):

@@ -11,32 +11,18 @@ from the image's average rather than absolute colour.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 
 from uis_d2.features.base import FEATURE_EXTRACTOR_REGISTRY, FeatureExtractor
+from uis_d2.layers.color import rgb_to_lab
 
-# sRGB (D65) -> XYZ, and the D65 white point.
-_RGB_TO_XYZ = (
-    (0.412453, 0.357580, 0.180423),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334, 0.119193, 0.950227),
-)
-_WHITE = (0.950456, 1.0, 1.088754)
+# CIELab (L in [0, 100], a and b in about [-128, 127]) scaled to roughly [-1, 1] per channel.
+_LAB_SCALE = (100.0, 128.0, 128.0)
 DISTINCTNESS_WEIGHT = 3.0  # pulls all distinct (salient) patches together, open
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> CIELab scaled to roughly [-1, 1] per channel."""
-    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    matrix = torch.tensor(_RGB_TO_XYZ, device=rgb.device, dtype=rgb.dtype)
-    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
-    xyz = xyz / torch.tensor(_WHITE, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    lightness = 116 * f[:, 1] - 16
-    a = 500 * (f[:, 0] - f[:, 1])
-    b = 200 * (f[:, 1] - f[:, 2])
-    return torch.stack([lightness / 100, a / 128, b / 128], dim=1)
 
 
 def _gradients(lightness: torch.Tensor) -> torch.Tensor:
@@ -52,13 +38,19 @@ def _gradients(lightness: torch.Tensor) -> torch.Tensor:
 class PatchStats(FeatureExtractor):
     """Baseline extractor without weights (see the module docstring)."""
 
-    def __init__(self, node, short_side: int = 480, max_side: int = 800) -> None:
-        super().__init__(node, short_side, max_side)
-        self.stride = int(node.PATCH_SIZE)
+    @configurable
+    def __init__(self, *, patch_size: int, **kwargs) -> None:
+        """``patch_size``: pixels per patch side (the stride); ``kwargs``: FeatureExtractor's."""
+        super().__init__(**kwargs)
+        self.stride = int(patch_size)
+
+    @classmethod
+    def from_config(cls, cfg, short_side: int = 480, max_side: int = 800) -> dict[str, Any]:
+        return {**super().from_config(cfg, short_side, max_side), "patch_size": cfg.PATCH_SIZE}
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         rgb = (images * self._std + self._mean).clamp(0, 1)
-        lab = rgb_to_lab(rgb)
+        lab = rgb_to_lab(rgb) / rgb.new_tensor(_LAB_SCALE).view(1, 3, 1, 1)
         pixel = torch.cat([lab, lab.square(), _gradients(lab[:, :1])], dim=1)
         pooled = F.avg_pool2d(pixel, self.stride)
         mean, mean_sq, texture = pooled[:, :3], pooled[:, 3:6], pooled[:, 6:]

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchvision
+from detectron2.config import configurable
 from torch import nn
 
 from uis_d2.features.base import FEATURE_EXTRACTOR_REGISTRY, FeatureExtractor
 from uis_d2.features.checkpoints import load_checkpoint
 
-_STAGE_STRIDE = {"res4": 16, "res5": 32}
+STAGE_STRIDES = {"res4": 16, "res5": 32}
+RESNET_STAGES = tuple(STAGE_STRIDES)  # the values of an extractor node's RESNET_STAGE
 
 
 @FEATURE_EXTRACTOR_REGISTRY.register()
 class ResNetDense(FeatureExtractor):
     """DenseCL-style dense map (FreeSOLO's Free Mask reads res5)."""
 
-    def __init__(self, node, short_side: int = 480, max_side: int = 800) -> None:
-        super().__init__(node, short_side, max_side)
-        stage = str(node.RESNET_STAGE)
-        if stage not in _STAGE_STRIDE:
-            raise ValueError(f"RESNET_STAGE = {stage!r} is invalid: must be res4 or res5")
+    @configurable
+    def __init__(self, *, stage: str, **kwargs) -> None:
+        """``stage``: one of ``RESNET_STAGES``; ``arch``: a torchvision ResNet constructor name;
+        ``kwargs``: FeatureExtractor's."""
+        super().__init__(**kwargs)
+        stage = str(stage)
+        if stage not in STAGE_STRIDES:
+            raise ValueError(
+                f"RESNET_STAGE = {stage!r} is invalid: must be {' or '.join(RESNET_STAGES)}"
+            )
         if not hasattr(torchvision.models, self.arch):
             raise ValueError(f"ARCH = {self.arch!r} is not a torchvision ResNet")
         trunk = getattr(torchvision.models, self.arch)(weights=None)
@@ -29,9 +38,13 @@ class ResNetDense(FeatureExtractor):
             trunk.layer4 = nn.Identity()
         self.trunk = trunk
         self.stage = stage
-        self.stride = _STAGE_STRIDE[stage]
+        self.stride = STAGE_STRIDES[stage]
         if self.checkpoint:
-            self.checkpoint_sha256 = load_checkpoint(trunk, self.checkpoint, node.CHECKPOINT_FORMAT)
+            self.checkpoint_sha256 = load_checkpoint(trunk, self.checkpoint, self.checkpoint_format)
+
+    @classmethod
+    def from_config(cls, cfg, short_side: int = 480, max_side: int = 800) -> dict[str, Any]:
+        return {**super().from_config(cfg, short_side, max_side), "stage": cfg.RESNET_STAGE}
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         t = self.trunk

@@ -7,6 +7,7 @@ from typing import Any
 
 import timm
 import torch
+from detectron2.config import configurable
 from timm.layers import resample_abs_pos_embed
 
 from uis_d2.features.base import FEATURE_EXTRACTOR_REGISTRY, FeatureExtractor
@@ -22,14 +23,10 @@ class TimmViTKeys(FeatureExtractor):
 
     supports_amp = True
 
-    def __init__(
-        self,
-        node,
-        short_side: int = 480,
-        max_side: int = 800,
-        model_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(node, short_side, max_side)
+    @configurable
+    def __init__(self, *, model_kwargs: dict[str, Any] | None = None, **kwargs) -> None:
+        """``arch``: a timm model name; ``kwargs``: FeatureExtractor's."""
+        super().__init__(**kwargs)
         self.model = timm.create_model(
             self.arch,
             pretrained=False,
@@ -40,7 +37,7 @@ class TimmViTKeys(FeatureExtractor):
         self.stride = int(self.model.patch_embed.patch_size[0])
         if self.checkpoint:
             self.checkpoint_sha256 = load_checkpoint(
-                self.model, self.checkpoint, node.CHECKPOINT_FORMAT, self._adapt_pos_embed
+                self.model, self.checkpoint, self.checkpoint_format, self._adapt_pos_embed
             )
         attn = self.model.blocks[-1].attn
         self.num_heads = int(attn.num_heads)

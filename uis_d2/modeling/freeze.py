@@ -1,14 +1,14 @@
-"""Freezing parts of a detectron2 backbone (the paper trains SOLOv2 on a frozen backbone).
+"""Freezing the FPN of a detectron2 backbone (MODEL.FREEZE.FPN).
 
-A frozen part gets ``requires_grad = False`` (detectron2's optimizer then skips it) and its
-BatchNorm layers become FrozenBatchNorm2d, whose statistics cannot move in training mode, so the
-part is bit-identical after any number of optimizer steps. GroupNorm has no running statistics
-and needs nothing more.
+The bottom-up ResNet is frozen by detectron2 itself (MODEL.BACKBONE.FREEZE_AT; 5 freezes the
+whole network, the paper's frozen backbone). A frozen part gets ``requires_grad = False``
+(detectron2's optimizer then skips it) and its BatchNorm layers become FrozenBatchNorm2d, whose
+statistics cannot move in training mode, so the part is bit-identical after any number of
+optimizer steps. GroupNorm has no running statistics and needs nothing more.
 """
 
 from __future__ import annotations
 
-from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
@@ -22,24 +22,11 @@ def freeze_module(module: nn.Module) -> None:
     FrozenBatchNorm2d.convert_frozen_batchnorm(module)
 
 
-def apply_freeze_config(backbone: nn.Module, cfg: CfgNode) -> None:
-    """MODEL.FREEZE.BACKBONE freezes the bottom-up network; MODEL.FREEZE.FPN the FPN convs.
-
-    An FPN backbone keeps its bottom-up network in ``bottom_up``; without one, FREEZE.BACKBONE
-    freezes the whole backbone and FREEZE.FPN is an error (there is no FPN to freeze).
-    """
-    bottom_up = getattr(backbone, "bottom_up", None)
-    if bottom_up is None:
-        if cfg.MODEL.FREEZE.FPN:
-            raise ValueError(
-                f"MODEL.FREEZE.FPN = True but the backbone {cfg.MODEL.BACKBONE.NAME!r} has no FPN"
-            )
-        if cfg.MODEL.FREEZE.BACKBONE:
-            freeze_module(backbone)
-        return
-    if cfg.MODEL.FREEZE.BACKBONE:
-        freeze_module(bottom_up)
-    if cfg.MODEL.FREEZE.FPN:
-        for name, child in backbone.named_children():
-            if name != "bottom_up":
-                freeze_module(child)
+def freeze_fpn(backbone: nn.Module, which: str) -> None:
+    """Freeze every part of an FPN backbone but its bottom-up network; ``which`` names the
+    backbone in the error raised when it has no FPN."""
+    if getattr(backbone, "bottom_up", None) is None:
+        raise ValueError(f"MODEL.FREEZE.FPN = True but the backbone ({which}) has no FPN")
+    for name, child in backbone.named_children():
+        if name != "bottom_up":
+            freeze_module(child)

@@ -2,15 +2,15 @@
 
 from uis_d2.proposals import free_mask, spectral_generator  # noqa: F401  (registration)
 from uis_d2.proposals.base import (
-    PROPOSAL_GENERATOR_REGISTRY,
+    PSEUDO_MASK_GENERATOR_REGISTRY,
     ProposalGenerator,
     Proposals,
-    build_proposal_generator,
+    build_pseudo_mask_generator,
 )
 
 __all__ = [
-    "PROPOSAL_GENERATOR_REGISTRY",
+    "PSEUDO_MASK_GENERATOR_REGISTRY",
     "ProposalGenerator",
     "Proposals",
-    "build_proposal_generator",
+    "build_pseudo_mask_generator",
 ]

@@ -1,8 +1,11 @@
-"""The contract every registered proposal generator fulfils.
+"""The contract every registered pseudo-mask generator fulfils.
 
-Generators are plug-ins: ``@PROPOSAL_GENERATOR_REGISTRY.register()`` on a class whose
-constructor takes the config; ``build_proposal_generator(cfg)`` picks ``cfg.PROPOSALS.GENERATOR``.
-The runner (tools/generate_proposals.py) only ever talks to this interface.
+Generators are plug-ins, built the detectron2 way: ``@PSEUDO_MASK_GENERATOR_REGISTRY.register()``
+on a class whose ``@configurable`` constructor takes plain arguments (built feature extractors,
+small frozen parameter dataclasses) and whose ``from_config(cls, cfg)`` classmethod is the only
+place that reads the config; ``build_pseudo_mask_generator(cfg)`` picks
+``cfg.PROPOSALS.GENERATOR``. The driver, uis_d2/proposals/runner.py (called by
+tools/generate_proposals.py), only ever talks to this interface.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import numpy as np
 import torch
 from fvcore.common.registry import Registry
 
-PROPOSAL_GENERATOR_REGISTRY = Registry("PROPOSAL_GENERATOR")
-PROPOSAL_GENERATOR_REGISTRY.__doc__ = "Offline pseudo-mask generators, built from cfg.PROPOSALS."
+PSEUDO_MASK_GENERATOR_REGISTRY = Registry("PSEUDO_MASK_GENERATOR")
+PSEUDO_MASK_GENERATOR_REGISTRY.__doc__ = (
+    "Offline pseudo-mask generators, built from cfg.PROPOSALS by their from_config."
+)
 
 
 @dataclass
@@ -37,9 +42,6 @@ class Proposals:
 class ProposalGenerator:
     """Base class: turns a batch of decoded images into per-image proposals."""
 
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
-
     @torch.no_grad()
     def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
         """``images``: RGB uint8 tensors (3, H, W) of any sizes, on any device."""
@@ -54,10 +56,10 @@ class ProposalGenerator:
         raise NotImplementedError
 
 
-def build_proposal_generator(cfg) -> ProposalGenerator:
-    """Instantiate the generator named by ``cfg.PROPOSALS.GENERATOR``."""
+def build_pseudo_mask_generator(cfg) -> ProposalGenerator:
+    """Instantiate the generator named by ``cfg.PROPOSALS.GENERATOR`` from ``cfg``."""
     name = cfg.PROPOSALS.GENERATOR
-    if name not in PROPOSAL_GENERATOR_REGISTRY:
-        known = sorted(k for k, _ in PROPOSAL_GENERATOR_REGISTRY)
+    if name not in PSEUDO_MASK_GENERATOR_REGISTRY:
+        known = sorted(k for k, _ in PSEUDO_MASK_GENERATOR_REGISTRY)
         raise KeyError(f"PROPOSALS.GENERATOR = {name!r} is not registered; known: {known}")
-    return PROPOSAL_GENERATOR_REGISTRY.get(name)(cfg)
+    return PSEUDO_MASK_GENERATOR_REGISTRY.get(name)(cfg)

@@ -12,21 +12,34 @@ background (sky, floor). Embedding of a mask = its (un-normalised) query feature
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 
-from uis_d2.features.base import build_feature_extractor, extract_features
-from uis_d2.modeling.solov2.matrix_nms import matrix_nms
-from uis_d2.proposals.base import PROPOSAL_GENERATOR_REGISTRY, ProposalGenerator, Proposals
+from uis_d2.features.base import FeatureExtractor, build_feature_extractor, extract_features
+from uis_d2.layers.matrix_nms import matrix_nms
+from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 from uis_d2.proposals.postprocess import upsample_masks
 
 _NMS_KERNEL = "gaussian"
 _NMS_SIGMA = 2.0
 _TOP_FRACTION = 0.2
 _WIDE_FRACTION = 0.95
+
+
+@dataclass(frozen=True)
+class FreeMaskParams:
+    """``PROPOSALS.FREE_MASK``, one field per key (see the module docstring)."""
+
+    query_scales: tuple[float, ...]
+    mask_thresh: float
+    maskness_thresh: float
+    max_masks: int
+    drop_border_masks: bool
 
 
 def query_features(feature: torch.Tensor, scales: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,14 +81,29 @@ def background_like(masks: torch.Tensor) -> torch.Tensor:
     return (centre_y + 0.5 < _TOP_FRACTION * h) | (width >= _WIDE_FRACTION * w)
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
+@PSEUDO_MASK_GENERATOR_REGISTRY.register()
 class FreeMaskGenerator(ProposalGenerator):
     """Query-key cosine masks ranked by maskness (FreeSOLO's Free Mask)."""
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        p = cfg.PROPOSALS
-        self.extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
+    @configurable
+    def __init__(self, *, extractor: FeatureExtractor, params: FreeMaskParams) -> None:
+        self.extractor = extractor
+        self.params = params
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        p, fm = cfg.PROPOSALS, cfg.PROPOSALS.FREE_MASK
+        params = FreeMaskParams(  # the fields are FREE_MASK's keys, in this order
+            tuple(fm.QUERY_SCALES),
+            fm.MASK_THRESH,
+            fm.MASKNESS_THRESH,
+            fm.MAX_MASKS,
+            fm.DROP_BORDER_MASKS,
+        )
+        return {
+            "extractor": build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP),
+            "params": params,
+        }
 
     def to(self, device: torch.device) -> FreeMaskGenerator:
         self.extractor.to(device)
@@ -87,21 +115,21 @@ class FreeMaskGenerator(ProposalGenerator):
         return [self._proposals(image, feature) for image, feature in zip(images, features)]
 
     def _proposals(self, image: torch.Tensor, feature: torch.Tensor) -> Proposals:
-        fm = self.cfg.PROPOSALS.FREE_MASK
+        params = self.params
         feature = feature.float()
-        queries, scales = query_features(feature, list(fm.QUERY_SCALES))
+        queries, scales = query_features(feature, list(params.query_scales))
         soft = soft_masks(queries, feature)
-        masks = soft > fm.MASK_THRESH
+        masks = soft > params.mask_thresh
         area = masks.flatten(1).sum(1)
         maskness = (soft * masks).flatten(1).sum(1) / area.clamp_min(1)
         keep = area > 1
-        if fm.DROP_BORDER_MASKS:
+        if params.drop_border_masks:
             keep &= ~background_like(masks)
         index = torch.nonzero(keep).squeeze(1)
         decayed = matrix_nms(masks[index], maskness[index], kernel=_NMS_KERNEL, sigma=_NMS_SIGMA)
-        survivors = decayed >= fm.MASKNESS_THRESH
+        survivors = decayed >= params.maskness_thresh
         index, decayed = index[survivors], decayed[survivors]
-        order = torch.argsort(decayed, descending=True, stable=True)[: fm.MAX_MASKS]
+        order = torch.argsort(decayed, descending=True, stable=True)[: params.max_masks]
         index, decayed = index[order], decayed[order]
         size = (int(image.shape[1]), int(image.shape[2]))
         return Proposals(
@@ -116,15 +144,15 @@ class FreeMaskGenerator(ProposalGenerator):
         )
 
     def describe(self) -> dict[str, Any]:
-        fm = self.cfg.PROPOSALS.FREE_MASK
+        params = self.params
         return {
             "generator": type(self).__name__,
             "extractor": self.extractor.describe(),
-            "query_scales": list(fm.QUERY_SCALES),
-            "mask_thresh": fm.MASK_THRESH,
-            "maskness_thresh": fm.MASKNESS_THRESH,
-            "max_masks": fm.MAX_MASKS,
-            "drop_border_masks": fm.DROP_BORDER_MASKS,
-            "short_side": self.cfg.PROPOSALS.SHORT_SIDE,
-            "max_side": self.cfg.PROPOSALS.MAX_SIDE,
+            "query_scales": list(params.query_scales),
+            "mask_thresh": params.mask_thresh,
+            "maskness_thresh": params.maskness_thresh,
+            "max_masks": params.max_masks,
+            "drop_border_masks": params.drop_border_masks,
+            "short_side": self.extractor.short_side,
+            "max_side": self.extractor.max_side,
         }

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import uis_d2
 from uis_d2.data.image_io import BadImageError, read_image
-from uis_d2.proposals.base import ProposalGenerator, build_proposal_generator
+from uis_d2.proposals.base import ProposalGenerator, build_pseudo_mask_generator
 from uis_d2.proposals.shards import ShardDirectory, ShardWriter, shard_dir_for
 from uis_d2.proposals.visualize import save_proposal_grid
 from uis_d2.proposals.writer import MergeSummary, merge_shards, proposals_to_line, skipped_line
@@ -112,7 +112,7 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
     """
     rank, world_size = comm.get_rank(), comm.get_world_size()
     device = torch.device("cuda", comm.get_local_rank()) if uses_cuda(cfg) else torch.device("cpu")
-    generator = build_proposal_generator(cfg).to(device)
+    generator = build_pseudo_mask_generator(cfg).to(device)
     shards = ShardDirectory(shard_dir_for(job.output))
     manifest = {
         "dataset": job.dataset,

@@ -11,13 +11,15 @@ enumerated by increasing k).
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from detectron2.config import configurable
 
 from uis_d2.features.base import FeatureExtractor, build_feature_extractor, extract_features
-from uis_d2.proposals.base import PROPOSAL_GENERATOR_REGISTRY, ProposalGenerator, Proposals
+from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 from uis_d2.proposals.postprocess import (
     border_foreground,
     mask_nms,
@@ -28,15 +30,26 @@ from uis_d2.proposals.postprocess import (
 from uis_d2.proposals.spectral import spectral_clustering
 
 
-def build_extractors(cfg) -> tuple[FeatureExtractor, FeatureExtractor | None]:
-    """Instance and saliency extractors; one shared module when both configs are identical."""
-    p = cfg.PROPOSALS
-    instance = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
-    if not p.SALIENCY.ENABLED:
-        return instance, None
-    if p.SALIENCY.EXTRACTOR == p.EXTRACTOR:
-        return instance, instance
-    return instance, build_feature_extractor(p.SALIENCY.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
+@dataclass(frozen=True)
+class SpectralParams:
+    """``PROPOSALS.SPECTRAL`` and ``PROPOSALS.SEED``: the ks clustered (as configured; cast to
+    int where used), k-means restarts and Lloyd steps, the seed of the eigensolver's start and
+    of k-means, and the smallest connected component kept (in patches)."""
+
+    ks: tuple[int, ...]
+    restarts: int
+    iters: int
+    seed: int
+    min_component_patches: int
+
+
+@dataclass(frozen=True)
+class SaliencyParams:
+    """``PROPOSALS.SALIENCY``: the k of the saliency clustering and the overlap a proposal
+    needs with the saliency map (whether saliency is on is whether there is an extractor)."""
+
+    k: int
+    overlap_thresh: float
 
 
 def group_indices(keys: list[Hashable]) -> dict[Hashable, list[int]]:
@@ -65,19 +78,19 @@ def stack_padded(tensors: list[torch.Tensor], fill: float | bool) -> torch.Tenso
 
 
 def cluster_grouped(
-    features: list[torch.Tensor], ks: list[int], cfg
+    features: list[torch.Tensor], ks: list[int], params: SpectralParams
 ) -> list[dict[int, torch.Tensor]]:
-    """Spectral clustering per image, batching images whose feature grids have the same size.
+    """Spectral clustering per image for every k of ``ks``, batching images whose feature grids
+    have the same size, with the k-means settings and seed of ``params``.
 
     ``features``: per image (C, h, w). Returns per image {k: (h, w) long label map}, on the
     features' device.
     """
-    s = cfg.PROPOSALS.SPECTRAL
     results: list[dict[int, torch.Tensor]] = [{} for _ in features]
     for (channels, h, w), indices in group_indices([f.shape for f in features]).items():
         batch = torch.stack([features[i] for i in indices]).reshape(len(indices), channels, -1)
         labels = spectral_clustering(
-            batch.transpose(1, 2), ks, s.KMEANS_RESTARTS, s.KMEANS_ITERS, cfg.PROPOSALS.SEED
+            batch.transpose(1, 2), ks, params.restarts, params.iters, params.seed
         )
         for row, index in enumerate(indices):
             results[index] = {k: v[row].reshape(h, w) for k, v in labels.items()}
@@ -181,13 +194,54 @@ def upsample_per_image(
     return out
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
+@PSEUDO_MASK_GENERATOR_REGISTRY.register()
 class SpectralProposalGenerator(ProposalGenerator):
-    """Multi-k spectral clustering + component splitting + saliency filter + mask NMS."""
+    """Multi-k spectral clustering + component splitting + saliency filter + mask NMS.
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.extractor, self.saliency_extractor = build_extractors(cfg)
+    ``saliency_extractor``: None disables saliency (every proposal scores 1); ``extractor``
+    itself makes the saliency reuse the instance features and their clustering.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        extractor: FeatureExtractor,
+        saliency_extractor: FeatureExtractor | None,
+        spectral: SpectralParams,
+        saliency: SaliencyParams,
+        nms_thresh: float,
+    ) -> None:
+        self.extractor = extractor
+        self.saliency_extractor = saliency_extractor
+        self.spectral = spectral
+        self.saliency = saliency
+        self.nms_thresh = nms_thresh
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        p, s = cfg.PROPOSALS, cfg.PROPOSALS.SPECTRAL
+        extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
+        saliency_extractor = None
+        if p.SALIENCY.ENABLED:  # one shared module when both extractor configs are identical
+            saliency_extractor = (
+                extractor
+                if p.SALIENCY.EXTRACTOR == p.EXTRACTOR
+                else build_feature_extractor(p.SALIENCY.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
+            )
+        return {
+            "extractor": extractor,
+            "saliency_extractor": saliency_extractor,
+            "spectral": SpectralParams(
+                ks=tuple(s.K),
+                restarts=s.KMEANS_RESTARTS,
+                iters=s.KMEANS_ITERS,
+                seed=p.SEED,
+                min_component_patches=s.MIN_COMPONENT_PATCHES,
+            ),
+            "saliency": SaliencyParams(k=p.SALIENCY.K, overlap_thresh=p.SALIENCY.OVERLAP_THRESH),
+            "nms_thresh": p.NMS_THRESH,
+        }
 
     def to(self, device: torch.device) -> SpectralProposalGenerator:
         self.extractor.to(device)
@@ -199,16 +253,14 @@ class SpectralProposalGenerator(ProposalGenerator):
     def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
         if not images:  # a batch of unreadable files only
             return []
-        p = self.cfg.PROPOSALS
-        ks = [int(k) for k in p.SPECTRAL.K]
+        ks = [int(k) for k in self.spectral.ks]
         features = extract_features(self.extractor, images)
         clusters, saliency_labels = self._cluster(images, features, ks)
         saliency = None
         if saliency_labels is not None:
+            k = self.saliency.k
             saliency = saliency_maps(
-                [s[p.SALIENCY.K] for s in saliency_labels],
-                p.SALIENCY.K,
-                [tuple(f.shape[1:]) for f in features],
+                [s[k] for s in saliency_labels], k, [tuple(f.shape[1:]) for f in features]
             )
         return self._proposals(images, features, clusters, saliency)
 
@@ -217,16 +269,16 @@ class SpectralProposalGenerator(ProposalGenerator):
     ) -> tuple[list[dict[int, torch.Tensor]], list[dict[int, torch.Tensor]] | None]:
         """Instance label maps per image for every k and, with saliency on, label maps with
         SALIENCY.K among their keys (None without saliency)."""
-        k = self.cfg.PROPOSALS.SALIENCY.K
+        k, params = self.saliency.k, self.spectral
         if self.saliency_extractor is None:
-            return cluster_grouped(features, ks, self.cfg), None
+            return cluster_grouped(features, ks, params), None
         if self.saliency_extractor is self.extractor:
-            clusters = cluster_grouped(features, ks, self.cfg)
-            return clusters, clusters if k in ks else cluster_grouped(features, [k], self.cfg)
+            clusters = cluster_grouped(features, ks, params)
+            return clusters, clusters if k in ks else cluster_grouped(features, [k], params)
         sal_features = extract_features(self.saliency_extractor, images)
         calls = clustering_calls(features, sal_features, ks, k)
         labels = [
-            maps for batch, call_ks in calls for maps in cluster_grouped(batch, call_ks, self.cfg)
+            maps for batch, call_ks in calls for maps in cluster_grouped(batch, call_ks, params)
         ]
         return labels[: len(images)], labels[len(images) :]
 
@@ -238,15 +290,14 @@ class SpectralProposalGenerator(ProposalGenerator):
         saliency: list[torch.Tensor] | None,
     ) -> list[Proposals]:
         """Post-processing of the whole batch at once, on a canvas holding every image's grid."""
-        p = self.cfg.PROPOSALS
         device = features[0].device
         candidates, candidate_k = candidate_masks(clusters)
         masks, parents = split_connected_components(
-            candidates.flatten(0, 1), p.SPECTRAL.MIN_COMPONENT_PATCHES
+            candidates.flatten(0, 1), self.spectral.min_component_patches
         )
         if saliency is not None:
             per_image = stack_padded(saliency, False)[parents // len(candidate_k)]
-            keep, overlap = saliency_filter(masks, per_image, p.SALIENCY.OVERLAP_THRESH)
+            keep, overlap = saliency_filter(masks, per_image, self.saliency.overlap_thresh)
             kept = np.flatnonzero(keep.cpu().numpy())
             masks = masks[torch.from_numpy(kept).to(device)]
             overlap = overlap.cpu().numpy()[kept]
@@ -257,7 +308,7 @@ class SpectralProposalGenerator(ProposalGenerator):
             parents_host = parents.cpu().numpy()
             scores = np.ones(len(parents_host), dtype=np.float32)
         image_of = parents_host // len(candidate_k)
-        kept = mask_nms(masks, scores, p.NMS_THRESH, groups=image_of)
+        kept = mask_nms(masks, scores, self.nms_thresh, groups=image_of)
         masks, image_of = masks[torch.from_numpy(kept).to(device)], image_of[kept]
         extras = {"k": candidate_k[parents_host[kept] % len(candidate_k)]}
         if overlap is not None:
@@ -287,19 +338,17 @@ class SpectralProposalGenerator(ProposalGenerator):
         return outputs
 
     def describe(self) -> dict[str, Any]:
-        p = self.cfg.PROPOSALS
-        info = {
+        return {
             "generator": type(self).__name__,
             "extractor": self.extractor.describe(),
             "saliency_extractor": (
                 None if self.saliency_extractor is None else self.saliency_extractor.describe()
             ),
-            "K": list(p.SPECTRAL.K),
-            "saliency_k": p.SALIENCY.K,
-            "saliency_overlap_thresh": p.SALIENCY.OVERLAP_THRESH,
-            "nms_thresh": p.NMS_THRESH,
-            "short_side": p.SHORT_SIDE,
-            "max_side": p.MAX_SIDE,
-            "seed": p.SEED,
+            "K": list(self.spectral.ks),
+            "saliency_k": self.saliency.k,
+            "saliency_overlap_thresh": self.saliency.overlap_thresh,
+            "nms_thresh": self.nms_thresh,
+            "short_side": self.extractor.short_side,
+            "max_side": self.extractor.max_side,
+            "seed": self.spectral.seed,
         }
-        return info

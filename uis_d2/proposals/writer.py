@@ -1,9 +1,9 @@
-"""Turn proposals into pseudo-label json: one shard line per image, then the merged COCO file.
+"""Turn proposals into a pseudo-label file (format: data/pseudo_labels.py): one shard line per
+image, then the merged COCO file.
 
 The merged file's bytes depend only on the shard lines and ``info``: images are ordered by id and
 annotation ids are assigned 1, 2, ... in that order, so any split of the work over processes,
-and any sequence of interruptions and resumptions, gives the same file. Numbers are rounded
-(embeddings to 4 decimals, scores and float extras to 6) to keep the files small.
+and any sequence of interruptions and resumptions, gives the same file.
 
 The merge streams: annotations go through a temporary file and never sit in memory together,
 since COCO-scale pseudo-labels with embeddings run to many gigabytes.
@@ -22,14 +22,10 @@ import numpy as np
 import orjson
 import torch
 
+from uis_d2.data.pseudo_labels import annotation_record, encode_masks, file_header
 from uis_d2.proposals.base import Proposals
 from uis_d2.proposals.shards import ShardDirectory, ShardReader
 from uis_d2.utils.files import atomic_output
-from uis_d2.utils.masks import masks_to_rles, rle_areas, rle_boxes_xywh
-
-EMB_DECIMALS = 4
-SCORE_DECIMALS = 6
-CATEGORIES = [{"id": 1, "name": "object"}]
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -52,25 +48,12 @@ def proposals_to_line(
     embeddings = to_numpy(proposals.embeddings)
     extras = {name: to_numpy(values) for name, values in proposals.extras.items()}
     _check_shapes(file_name, height, width, tuple(masks.shape), scores, embeddings, extras)
-    rles = masks_to_rles(masks)
-    areas = rle_areas(rles)
-    keep = [i for i, area in enumerate(areas) if area > 0]
-    kept_rles = [rles[i] for i in keep]
-    columns = {
-        "segmentation": kept_rles,
-        "bbox": rle_boxes_xywh(kept_rles),
-        "area": [areas[i] for i in keep],
-        "score": _json_floats(scores[keep], SCORE_DECIMALS),
-        "emb": _json_floats(embeddings[keep], EMB_DECIMALS),
-    }
-    columns.update({name: _json_column(values[keep]) for name, values in extras.items()})
-    annotations = [dict(zip(columns, row)) for row in zip(*columns.values())]
     return {
         "image_id": image_id,
         "file_name": file_name,
         "height": height,
         "width": width,
-        "annotations": annotations,
+        "annotations": encode_masks(masks, scores, embeddings, extras),
     }
 
 
@@ -125,13 +108,7 @@ def merge_shards(
             annotations = line.pop("annotations")
             images.append({"id": image_id, **{k: v for k, v in line.items() if k != "image_id"}})
             records = [
-                {
-                    "id": summary.num_masks + number,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "iscrowd": 0,
-                    **annotation,
-                }
+                annotation_record(summary.num_masks + number, image_id, annotation)
                 for number, annotation in enumerate(annotations, start=1)
             ]
             if records:  # one encoding per image: the list's items, brackets cut off
@@ -140,8 +117,7 @@ def merge_shards(
                 summary.num_masks += len(records)
             summary.masks_per_image.append(len(annotations))
         summary.num_images = len(images)
-        header = {"info": {**info, "skipped": summary.skipped}, "images": images}
-        header["categories"] = CATEGORIES
+        header = file_header({**info, "skipped": summary.skipped}, images)
         annotations_tmp.seek(0)
         with atomic_output(output) as out:
             out.write(_dumps(header)[:-1] + b',"annotations":[')
@@ -154,29 +130,6 @@ def _dumps(obj: Any) -> bytes:
     # orjson: json's float formatting made encoding the embeddings the slowest part of the tool
     # after the GPU work (10x slower, measured on 12 masks x 768 floats).
     return orjson.dumps(obj)
-
-
-def _json_floats(values: np.ndarray, decimals: int) -> list[Any]:
-    """Nested lists of rounded Python floats, None for NaN/inf (strict json parsers reject them).
-
-    Vectorised: rounding 768-d embeddings element by element in Python dominated the writer.
-    """
-    values = values.astype(np.float64)
-    finite = np.isfinite(values)
-    with np.errstate(over="ignore", invalid="ignore"):
-        rounded = np.round(values, decimals)
-    # np.round scales by 10**decimals first, which overflows above ~1e304: those are whole.
-    rounded = np.where(np.isfinite(rounded), rounded, values)
-    if finite.all():
-        return rounded.tolist()
-    return np.where(finite, rounded, None).tolist()
-
-
-def _json_column(values: np.ndarray) -> list[Any]:
-    """An extra per-mask field: floats as scores are, other numbers (ints, bools) unchanged."""
-    if values.dtype.kind == "f":
-        return _json_floats(values, SCORE_DECIMALS)
-    return values.tolist()
 
 
 def _check_shapes(

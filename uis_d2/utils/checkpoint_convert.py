@@ -18,17 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uis_d2.features.checkpoints import ENCODER_PREFIXES
 from uis_d2.utils.files import atomic_write_bytes
 
-CHECKPOINT_FORMATS = ("auto", "densecl", "moco", "torchvision")
-
-# Prefixes of the query/online encoder per layout, most specific first; keys under none of a
-# layout's prefixes (momentum encoder, queues, necks) are dropped.
-_ENCODER_PREFIXES = {
-    "moco": ("module.encoder_q.", "encoder_q."),
-    "densecl": ("module.encoder_q.0.", "encoder_q.0.", "module.backbone.", "backbone.", "module."),
-    "torchvision": ("module.",),
-}
+# The layouts ``convert_state_dict`` reads ("auto" detects them); each one's encoder prefixes
+# (query/online encoder, most specific first) are in ``ENCODER_PREFIXES``.
+CONVERT_FORMATS = ("auto", "densecl", "moco", "torchvision")
 _STEM = "conv1.weight"
 
 _STAGE_KEY = re.compile(r"^layer(\d)\.(\d+)\.(.+)$")
@@ -113,7 +108,7 @@ def _state_dict(checkpoint: Mapping) -> Mapping:
 def detect_format(state: Mapping) -> str:
     """ "moco" when keys carry MoCo's query-encoder prefix, "densecl" for other wrappers,
     "torchvision" for a plain ResNet state dict."""
-    if any(prefix + _STEM in state for prefix in _ENCODER_PREFIXES["moco"]):
+    if any(prefix and prefix + _STEM in state for prefix in ENCODER_PREFIXES["moco"]):
         return "moco"
     if _STEM in state or f"module.{_STEM}" in state:
         return "torchvision"
@@ -122,13 +117,13 @@ def detect_format(state: Mapping) -> str:
 
 def _encoder_prefix(state: Mapping, fmt: str) -> str:
     """The prefix under which the ResNet stem lies (the whole dict when unprefixed)."""
-    for prefix in (*_ENCODER_PREFIXES[fmt], ""):
+    for prefix in ENCODER_PREFIXES[fmt]:
         if prefix + _STEM in state:
             return prefix
     stems = [k for k in state if k.endswith(_STEM)]
     raise ValueError(
         f"no ResNet stem ('{_STEM}') found for format {fmt!r} under the prefixes "
-        f"{list(_ENCODER_PREFIXES[fmt])}; keys ending in it: {stems[:5]}, first keys: "
+        f"{[p for p in ENCODER_PREFIXES[fmt] if p]}; keys ending in it: {stems[:5]}, first keys: "
         f"{list(state)[:5]}"
     )
 
@@ -137,8 +132,8 @@ def convert_state_dict(
     checkpoint: Mapping, fmt: str = "auto"
 ) -> tuple[dict[str, np.ndarray], ConversionReport]:
     """detectron2-named numpy weights of the checkpoint's ResNet encoder, and a key report."""
-    if fmt not in CHECKPOINT_FORMATS:
-        raise ValueError(f"format {fmt!r}: must be one of {list(CHECKPOINT_FORMATS)}")
+    if fmt not in CONVERT_FORMATS:
+        raise ValueError(f"format {fmt!r}: must be one of {list(CONVERT_FORMATS)}")
     state = _state_dict(checkpoint)
     fmt = detect_format(state) if fmt == "auto" else fmt
     prefix = _encoder_prefix(state, fmt)

@@ -1,4 +1,5 @@
-"""Atomic file writes: an interrupted run never leaves a half-written output behind."""
+"""Json reading with errors that name the file, and atomic writes: an interrupted run never
+leaves a half-written output behind."""
 
 from __future__ import annotations
 
@@ -42,3 +43,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
     """Serialise ``obj`` as json and write it atomically."""
     atomic_write_bytes(path, json.dumps(obj, indent=indent).encode("utf-8"))
+
+
+def read_json(path: str | Path, what: str = "json file", *, expect_object: bool = True) -> Any:
+    """Read a json file; a missing, malformed or (with ``expect_object``) non-object file
+    raises an error naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path} is not valid json: {e}") from e
+    if expect_object and not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must hold a json object, got {type(data).__name__}")
+    return data

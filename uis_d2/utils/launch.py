@@ -9,6 +9,7 @@ is available, gloo otherwise, or whatever the caller names.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -75,6 +76,25 @@ def launch(
         ),
         daemon=False,
         start_method=start_method,
+    )
+
+
+def launch_from_args(
+    main_func: Callable[..., object],
+    cli_args: argparse.Namespace,
+    args: Sequence[object] = (),
+    backend: str | None = None,
+) -> None:
+    """``launch`` with the process layout of the command line (detectron2's argument names:
+    ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``)."""
+    launch(
+        main_func,
+        cli_args.num_gpus,
+        num_machines=cli_args.num_machines,
+        machine_rank=cli_args.machine_rank,
+        dist_url=cli_args.dist_url,
+        args=args,
+        backend=backend,
     )
 
 

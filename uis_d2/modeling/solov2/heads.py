@@ -18,6 +18,10 @@ def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([grid_x, grid_y]).expand(b, 2, h, w)
 
 
+# MODEL.SOLOV2.NORM of the heads: GroupNorm(32) (ref) or none.
+NORMS = ("GN", "")
+
+
 def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
     """3x3 conv (no bias when normalised) + optional GroupNorm(32) + ReLU."""
     layers: list[nn.Module] = [
@@ -53,7 +57,7 @@ class InstanceHead(nn.Module):
         num_convs: int,
         num_classes: int,
         num_kernels: int,
-        embed_dim: int,
+        embedding_dim: int,
         prior_prob: float,
         norm: str,
         use_coord_conv: bool = True,
@@ -76,7 +80,9 @@ class InstanceHead(nn.Module):
         self.cate_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.kernel_pred = nn.Conv2d(channels, num_kernels, 3, padding=1)
         # FreeSOLO: one conv beside the last category layer predicts the object's embedding.
-        self.embed_pred = nn.Conv2d(channels, embed_dim, 3, padding=1) if embed_dim > 0 else None
+        self.embedding_pred = (
+            nn.Conv2d(channels, embedding_dim, 3, padding=1) if embedding_dim > 0 else None
+        )
         init_normal(self)
         # Focal-loss prior: start every cell at background probability 1 - prior_prob.
         nn.init.constant_(self.cate_pred.bias, -math.log((1 - prior_prob) / prior_prob))
@@ -84,8 +90,9 @@ class InstanceHead(nn.Module):
     def forward(
         self, features: list[torch.Tensor], grids: list[int]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
-        """Per level: category logits (B, C, S, S), kernels (B, E, S, S), embeddings or None."""
-        cate_logits, kernels, embeds = [], [], []
+        """Per level: category logits (B, C, S, S), kernels (B, E, S, S) and embeddings
+        (B, D, S, S), the last None without an embedding head."""
+        cate_logits, kernels, embeddings = [], [], []
         for feature, grid in zip(features, grids, strict=True):
             if self.use_coord_conv:
                 feature = torch.cat([feature, coordinate_channels(feature)], dim=1)
@@ -96,9 +103,9 @@ class InstanceHead(nn.Module):
             cate_in = feature[:, :-2] if self.use_coord_conv else feature
             cate_features = self.cate_tower(cate_in)
             cate_logits.append(self.cate_pred(cate_features))
-            if self.embed_pred is not None:
-                embeds.append(self.embed_pred(cate_features))
-        return cate_logits, kernels, (embeds if self.embed_pred is not None else None)
+            if self.embedding_pred is not None:
+                embeddings.append(self.embedding_pred(cate_features))
+        return cate_logits, kernels, (embeddings if self.embedding_pred is not None else None)
 
 
 class MaskFeatureHead(nn.Module):

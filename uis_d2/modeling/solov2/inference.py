@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
-from uis_d2.modeling.solov2.matrix_nms import matrix_nms
+from uis_d2.layers.matrix_nms import matrix_nms
 from uis_d2.utils.masks import masks_to_boxes_xyxy
 
 

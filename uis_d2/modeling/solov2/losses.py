@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.utils.events import get_event_storage
+from fvcore.nn import sigmoid_focal_loss
 
 from uis_d2.modeling.solov2.targets import GridTargets
 
 # The reference's 1e-5. Average projections of small objects have tiny squared sums: with 1e-3 a
 # perfect 16-pixel prediction costs 0.34 instead of 0.004, and the loss teaches small masks to grow.
 DICE_EPS = 1e-5
+# MODEL.SOLOV2.LOSS.MODE: FreeSOLO's weak mask losses or full-mask Dice on the pseudo-masks.
+LOSS_MODES = ("weak", "supervised")
 # How a mask term is averaged over the positive instances of a batch (MODEL.SOLOV2.LOSS.REDUCTION):
 # "level" = over each FPN level's positives, then over the levels that have any (FreeSOLO ref);
 # "instance" = over all positives at once (levels with many positives weigh more).
@@ -139,17 +142,6 @@ def reduce_over_instances(
     return (level_sums[present] / level_counts[present].clamp(min=1.0)).mean()
 
 
-def sigmoid_focal_loss_sum(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
-) -> torch.Tensor:
-    """Summed focal loss (Lin et al.) of independent sigmoids: easy cells weigh (1 - p_t)^gamma."""
-    prob = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * ce * (1 - p_t) ** gamma).sum()
-
-
 def embedding_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per instance ``1 - cos(pred, target)`` (FreeSOLO eq. 8)."""
     return 1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-8)
@@ -217,7 +209,7 @@ def solov2_losses(
     weights: LossWeights,
     cate_logits: torch.Tensor,
     mask_logits: torch.Tensor,
-    embed_preds: torch.Tensor | None,
+    pred_embeddings: torch.Tensor | None,
     targets: GridTargets,
     lab_images: torch.Tensor | None,
     unused_preds: tuple[torch.Tensor, ...] = (),
@@ -226,20 +218,20 @@ def solov2_losses(
     """All loss terms of one batch.
 
     cate_logits: (B, cells, C) over all levels; mask_logits: (P, Hm, Wm) of the positives;
-    embed_preds: (P, D) or None when the model has no embedding head; lab_images: (B, 3, Hm, Wm)
+    pred_embeddings: (P, D) or None when the model has no embedding head; lab_images: (B, 3, Hm, Wm)
     CIELab images for the pairwise term (weak mode only); unused_preds: the raw kernel and
     embedding maps, touched when there is no positive so DDP sees their gradients; valid:
     (B, Hm, Wm) bool, the pixels of each image that are not padding (None: all are).
     """
     num_classes = cate_logits.shape[-1]
     onehot = F.one_hot(targets.labels, num_classes + 1)[..., :num_classes].to(cate_logits.dtype)
-    focal = sigmoid_focal_loss_sum(
-        cate_logits, onehot, weights.focal_alpha, weights.focal_gamma
+    focal = sigmoid_focal_loss(
+        cate_logits, onehot, weights.focal_alpha, weights.focal_gamma, reduction="sum"
     ) / (targets.num_positives + 1)
     losses = {"loss_focal": weights.focal_weight * focal}
 
     if targets.num_positives == 0:
-        zero = zero_touching(mask_logits, embed_preds, *unused_preds)
+        zero = zero_touching(mask_logits, pred_embeddings, *unused_preds)
         mask_keys = (
             ["loss_dice"]
             if weights.mode == "supervised"
@@ -278,23 +270,35 @@ def solov2_losses(
         )
         ramp = pairwise_warmup(weights.pairwise_warmup_iters)
         losses["loss_pairwise"] = weights.pairwise_weight * ramp * pairwise
-    losses["loss_sem"] = _semantic_loss(weights.sem_weight, embed_preds, targets)
+    losses["loss_sem"] = _semantic_loss(weights.sem_weight, pred_embeddings, targets)
     return losses
 
 
 def _semantic_loss(
-    sem_weight: float, embed_preds: torch.Tensor | None, targets: GridTargets
+    sem_weight: float, pred_embeddings: torch.Tensor | None, targets: GridTargets
 ) -> torch.Tensor:
     """beta x mean(1 - cos) over positives whose image has embeddings; a graph-connected zero
-    when none has (or the model has no embedding head, then a plain zero)."""
-    if embed_preds is None:
+    when none has (or the model has no embedding head, then a plain zero).
+
+    Embeddings without a head to learn them mean EMBED_DIM was never resolved (a cfg that did
+    not go through engine/run_config.py): an error, not a silently untrained L_sem.
+    """
+    has_targets = targets.embeddings is not None and bool(targets.has_embedding.any())
+    if pred_embeddings is None:
+        if has_targets and sem_weight > 0:
+            raise ValueError(
+                "the pseudo-labels carry embeddings but the model has no embedding head "
+                "(MODEL.SOLOV2.EMBED_DIM = 0): prepare the cfg with "
+                "uis_d2.engine.run_config.prepare_run_config, or set LOSS.SEM_WEIGHT 0"
+            )
         return targets.mask_targets.new_zeros(())
-    if targets.embeddings is None or not bool(targets.has_embedding.any()):
-        return zero_touching(embed_preds)
-    if targets.embeddings.shape[1] != embed_preds.shape[1]:
+    if not has_targets:
+        return zero_touching(pred_embeddings)
+    if targets.embeddings.shape[1] != pred_embeddings.shape[1]:
         raise ValueError(
-            f"gt_embs have dimension {targets.embeddings.shape[1]} but MODEL.SOLOV2.EMBED_DIM = "
-            f"{embed_preds.shape[1]}: set EMBED_DIM to the pseudo-labels' `emb` length"
+            f"gt_embeddings have dimension {targets.embeddings.shape[1]} but "
+            f"MODEL.SOLOV2.EMBED_DIM = {pred_embeddings.shape[1]}: set EMBED_DIM to the "
+            "pseudo-labels' `emb` length"
         )
     keep = targets.has_embedding
-    return sem_weight * embedding_loss(embed_preds[keep], targets.embeddings[keep]).mean()
+    return sem_weight * embedding_loss(pred_embeddings[keep], targets.embeddings[keep]).mean()

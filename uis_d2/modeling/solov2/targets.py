@@ -41,7 +41,7 @@ class GridTargets:
     mask_targets: torch.Tensor  # (P, Hm, Wm) fraction of each stride-4 pixel inside the mask
     boxes: torch.Tensor  # (P, 4) x1 y1 x2 y2 of the mask, in mask-feature pixels
     embeddings: torch.Tensor | None  # (P, D) target embeddings; None when no image has any
-    has_embedding: torch.Tensor  # (P,) bool: the positive's image carries gt_embs
+    has_embedding: torch.Tensor  # (P,) bool: the positive's image carries gt_embeddings
 
     @property
     def num_positives(self) -> int:
@@ -142,8 +142,8 @@ def build_targets(
         pos_cell.append(cells)
         mask_targets.append(downsample_masks(masks, mask_stride)[owners])
         boxes.append(masks_to_boxes_xyxy(masks)[owners] / mask_stride)
-        embs = inst.get("gt_embs") if inst.has("gt_embs") else None
-        embeddings.append(None if embs is None else embs.float()[owners])
+        image_embeddings = inst.get("gt_embeddings") if inst.has("gt_embeddings") else None
+        embeddings.append(None if image_embeddings is None else image_embeddings.float()[owners])
     has_embedding = torch.cat(
         [
             torch.full((len(c),), e is not None, dtype=torch.bool)
@@ -176,7 +176,9 @@ def _stack_embeddings(
     dim = present[0].shape[1]
     for e in present:
         if e.shape[1] != dim:
-            raise ValueError(f"gt_embs of one batch differ in dimension: {e.shape[1]} vs {dim}")
+            raise ValueError(
+                f"gt_embeddings of one batch differ in dimension: {e.shape[1]} vs {dim}"
+            )
     rows = [
         e if e is not None else cells.new_zeros((len(cells), dim), dtype=torch.float32)
         for e, cells in zip(embeddings, pos_cell, strict=True)

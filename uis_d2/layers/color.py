@@ -1,4 +1,5 @@
-"""sRGB -> CIELab (D65), for the pairwise loss's perceptual colour similarity."""
+"""sRGB -> CIELab (D65): the pairwise loss's perceptual colour similarity (SOLOv2) and the colour
+statistics of the weight-free ``PatchStats`` features (which rescale it to about [-1, 1])."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ _RGB_TO_XYZ = torch.tensor(
     ]
 )
 _D65_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
-_DELTA = 6.0 / 29.0
+# The rounded CIE constants of scikit-image's rgb2lab, which the BoxInst/FreeSOLO reference calls
+# for the pairwise loss (the exact ones, (6/29)^3 and 841/108, differ below 1e-6 on dark colours).
+_LINEAR_BELOW = 0.008856
+_LINEAR_SLOPE = 7.787
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -22,11 +26,11 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     matrix = _RGB_TO_XYZ.to(rgb)
     xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
     xyz = xyz / _D65_WHITE.to(rgb)[None, :, None, None]
-    # Cube root above (6/29)^3, a linear segment below it (keeps the derivative finite at 0).
+    # Cube root above the threshold, a linear segment below it (a finite derivative at 0).
     f = torch.where(
-        xyz > _DELTA**3,
-        xyz.clamp(min=_DELTA**3) ** (1.0 / 3.0),
-        xyz / (3 * _DELTA**2) + 4.0 / 29.0,
+        xyz > _LINEAR_BELOW,
+        xyz.clamp(min=_LINEAR_BELOW) ** (1.0 / 3.0),
+        _LINEAR_SLOPE * xyz + 16.0 / 116.0,
     )
     fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)

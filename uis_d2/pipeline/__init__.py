@@ -1,1 +1,0 @@
-"""The end-to-end demo pipeline: steps, pictures and the HTML report."""
