@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "matplotlib>=3.6",
         "orjson>=3.9",
+        "ijson>=3.2",  # streams COCO-scale pseudo-label jsons (data/pseudo_labels.py)
         "numba>=0.60",
     ],
     extras_require={

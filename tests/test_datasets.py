@@ -179,15 +179,14 @@ def _pseudo_json() -> dict:
     }
 
 
-def test_pseudo_labels_keep_extra_keys(tmp_path: Path, scratch_name: str):
+def test_pseudo_labels_keep_what_training_reads(tmp_path: Path, scratch_name: str):
     json_file = _write_json(tmp_path / "pseudo.json", _pseudo_json())
     datasets.register_pseudo_labels(scratch_name, str(json_file), str(tmp_path))
     (annotation,) = DatasetCatalog.get(scratch_name)[0]["annotations"]
     assert annotation["score"] == 0.75
-    assert annotation["emb"] == [0.5, -1.0]
-    assert annotation["k"] == 3 and annotation["saliency_overlap"] == 0.9
-    assert annotation["round"] == 2  # keys the loader does not know about are kept too
-    assert "id" not in annotation and "area" not in annotation
+    assert annotation["emb"] == [0.5, -1.0]  # inline embeddings of other tools' files
+    # Per-rank records are compact: generator extras and unknown keys are not kept.
+    assert not {"k", "saliency_overlap", "round", "id", "area"} & set(annotation)
     assert annotation["category_id"] == 0
     assert MetadataCatalog.get(scratch_name).json_file == str(json_file)
 

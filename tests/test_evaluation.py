@@ -30,14 +30,14 @@ from evaluation_cases import (
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from uis_d2.evaluation.coco_agnostic import METRIC_KEYS, evaluate_agnostic, to_compressed_rle
+from uis_d2.evaluation.coco_agnostic import METRIC_KEYS, evaluate_agnostic
 from uis_d2.evaluation.evaluator import METRICS_FILE, PREDICTIONS_FILE, ClassAgnosticEvaluator
 from uis_d2.evaluation.recall_by_count import (
     count_bucket,
     greedy_matched_ious,
     recall_by_instance_count,
 )
-from uis_d2.utils.masks import masks_to_boxes_xyxy, rle_to_mask
+from uis_d2.utils.masks import masks_to_boxes_xyxy, rle_to_mask, to_compressed_rle
 
 
 def write_json(path, obj) -> str:

@@ -23,6 +23,7 @@ from detectron2.data.datasets import register_coco_instances
 from scripts import load_script, sigkill_when
 from uis_d2.config import load_config
 from uis_d2.data.image_io import BadImageError
+from uis_d2.data.pseudo_labels import embedding_store_path
 from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 from uis_d2.proposals.runner import generate_on_this_rank, prepare_job
 from uis_d2.proposals.shards import ShardMismatchError, shard_dir_for
@@ -193,6 +194,15 @@ def test_output_is_valid_coco_with_provenance(reference, image_set):
 
     annotations = data["annotations"]
     assert [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
+    # Embeddings live in the float16 store beside the json, a row per annotation, in id order.
+    store = np.load(embedding_store_path(reference))
+    assert store.dtype == np.float16 and store.shape == (len(annotations), 3)
+    assert info["embedding_store"] == {
+        "file": "pseudo.emb.npy",
+        "rows": len(annotations),
+        "dim": 3,
+        "dtype": "float16",
+    }
     assert [a["image_id"] for a in annotations] == sorted(a["image_id"] for a in annotations)
     for image in data["images"]:
         assert image["file_name"] == f"img_{image['id']}.png"  # relative to image_root
@@ -207,8 +217,13 @@ def test_output_is_valid_coco_with_provenance(reference, image_set):
             assert annotation["bbox"] == mask_to_box_xywh(mask)
             assert annotation["area"] == int(mask.sum())
             assert annotation["category_id"] == 1 and annotation["iscrowd"] == 0
-            assert len(annotation["emb"]) == 3
-            assert all(round(x, 4) == x for x in annotation["emb"])
+            assert "emb" not in annotation and annotation["emb_row"] == annotation["id"] - 1
+            mean_colour = pixels[:, expected_mask].mean(axis=1) / 255
+            # float16 keeps 11 significant bits: a relative error below 2^-11 (after the
+            # shard lines' rounding to 4 decimals).
+            np.testing.assert_allclose(
+                store[annotation["emb_row"]], mean_colour, rtol=2**-11, atol=1e-4
+            )
             assert annotation["k"] in (2, 3, 4) and 0 < annotation["saliency_overlap"] <= 1
 
 
@@ -263,6 +278,8 @@ def test_resume_after_sigkill_gives_identical_bytes(reference, image_set, tmp_pa
     assert summary.resumed == 2
     assert ColourThresholdGenerator.images_seen == len(GOOD_IDS) - 2
     assert output.read_bytes() == reference.read_bytes()
+    store = embedding_store_path(output)
+    assert store.read_bytes() == embedding_store_path(reference).read_bytes()
 
 
 def test_two_processes_resuming_one_process_shards_match_uninterrupted(
@@ -274,6 +291,8 @@ def test_two_processes_resuming_one_process_shards_match_uninterrupted(
     assert pickle.loads(pickle.dumps(args)) == args  # what the default "spawn" start needs
     launch(generate_on_this_rank, 2, args=args, backend="gloo", start_method="fork")
     assert output.read_bytes() == reference.read_bytes()
+    store = embedding_store_path(output)
+    assert store.read_bytes() == embedding_store_path(reference).read_bytes()
 
 
 def test_resume_with_a_different_config_is_refused(image_set, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from detectron2.data.datasets import register_coco_instances
 
 from scripts import load_script
 from uis_d2.data.image_io import BadImageError
+from uis_d2.data.pseudo_labels import embedding_store_path
 from uis_d2.features.patch_stats import PatchStats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,10 +123,11 @@ def test_every_file_is_handled_at_its_size_or_skipped_by_name(
     assert all(skipped.values())
 
     by_id = {image["id"]: image for image in data["images"]}
+    store = np.load(embedding_store_path(output))
     for annotation in data["annotations"]:
         image = by_id[annotation["image_id"]]
         assert annotation["segmentation"]["size"] == [image["height"], image["width"]]
-        assert np.isfinite(annotation["emb"]).all() and 0 <= annotation["score"] <= 1
+        assert np.isfinite(store[annotation["emb_row"]]).all() and 0 <= annotation["score"] <= 1
     annotated = {by_id[a["image_id"]]["file_name"] for a in data["annotations"]}
     # Images with content get proposals (the large one too, from its capped feature grid).
     assert {"large.png", "rotated.jpg", "cmyk.jpg", "gray.png"} <= annotated

@@ -12,6 +12,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from detectron2.structures import Instances
 from training_cases import EMBED_DIM, make_synthetic_root, tiny_training_cfg
 
+from uis_d2.data.pseudo_labels import embedding_store_path
 from uis_d2.data.validation import check_coco_json
 from uis_d2.engine import run_self_training
 from uis_d2.engine.self_training import PSEUDO_LABELS_FILE, predictions_to_annotations
@@ -43,6 +44,10 @@ def test_two_rounds_write_pseudo_labels_and_resume_skips_finished_rounds(tmp_pat
     assert sorted(img["file_name"] for img in data["images"]) == sorted(
         p.name for p in (dataset_root / "synthetic/train").glob("*.png")
     )
+    # The predicted embeddings are in the float16 store beside the labels, a row per mask.
+    store = np.load(embedding_store_path(pseudo))
+    assert store.dtype == np.float16 and store.shape == (len(data["annotations"]), EMBED_DIM)
+    assert np.isfinite(store).all() and np.abs(store).sum(axis=1).min() > 0
     per_image = {}
     for annotation in data["annotations"]:
         per_image[annotation["image_id"]] = per_image.get(annotation["image_id"], 0) + 1
@@ -52,7 +57,7 @@ def test_two_rounds_write_pseudo_labels_and_resume_skips_finished_rounds(tmp_pat
         assert annotation["area"] == int(mask.sum()) > 0
         assert annotation["category_id"] == 1 and annotation["iscrowd"] == 0
         assert annotation["score"] >= cfg.SELF_TRAINING.SCORE_THRESH
-        assert len(annotation["emb"]) == EMBED_DIM
+        assert annotation["emb_row"] == annotation["id"] - 1 and "emb" not in annotation
     assert per_image and max(per_image.values()) <= cfg.SELF_TRAINING.MAX_PER_IMAGE
     scores = [a["score"] for a in data["annotations"] if a["image_id"] == 1]
     assert scores == sorted(scores, reverse=True)
@@ -80,9 +85,11 @@ def test_score_threshold_and_top_k_select_predictions():
     instances.pred_masks = masks
     instances.scores = torch.tensor([0.2, 0.9, 0.5, 0.4])
     instances.pred_embeddings = torch.arange(8, dtype=torch.float32).view(4, 2)
-    annotations = predictions_to_annotations(instances, score_thresh=0.3, max_per_image=2)
+    annotations, embeddings = predictions_to_annotations(
+        instances, score_thresh=0.3, max_per_image=2
+    )
     assert [a["score"] for a in annotations] == pytest.approx([0.9, 0.5])
-    assert [a["emb"] for a in annotations] == [[2.0, 3.0], [4.0, 5.0]]
+    assert embeddings.dtype == np.float16 and embeddings.tolist() == [[2.0, 3.0], [4.0, 5.0]]
     assert annotations[0]["bbox"] == [1.0, 1.0, 4.0, 2.0]
     np.testing.assert_array_equal(rle_to_mask(annotations[1]["segmentation"]), masks[2].numpy())
 

@@ -4,6 +4,8 @@
 Example (pseudo labels, also checking that every image file exists):
     python tools/validate_json.py pseudo/train.json --images synthetic/train --kind pseudo
 Prints a summary and every problem (file, annotation/image id, field); exit code 0 if clean, else 1.
+A pseudo-label file's embedding store (FILE.emb.npy beside FILE.json) is checked with it. The
+file is streamed, so COCO-scale files validate in flat memory.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def add_solov2_config(cfg: CN) -> None:
     s.MASK_CHANNELS = 128
     # Output channels of the mask-feature branch; must equal NUM_KERNELS (ref).
     s.NUM_MASKS = 256
-    # Dimension of the semantic-embedding head; 0 reads it from the training json's `emb` (open).
+    # Dimension of the semantic-embedding head; 0 reads it from the training pseudo-labels'
+    # embeddings (open).
     s.EMBED_DIM = 0
 
     # --- inference (ref) ---

@@ -21,7 +21,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import load_coco_json
 
 from uis_d2.data import pseudo_labels
-from uis_d2.data.pseudo_labels import THING_CLASSES
+from uis_d2.data.pseudo_labels import THING_CLASSES, CompactDataset
 
 CLASS_AGNOSTIC_META = {"evaluator_type": "class_agnostic", "thing_classes": THING_CLASSES}
 
@@ -104,17 +104,9 @@ class RootRelativeMetadata(Metadata):
         return {**super().as_dict(), **paths, "json_files": self.json_files}
 
 
-def load_class_agnostic(
-    json_file: str | Path,
-    image_root: str | Path,
-    extra_annotation_keys: Sequence[str] | None = (),
-) -> list[dict[str, Any]]:
-    """Load a COCO json (with or without annotations) as detectron2 dicts of one class.
-
-    Relative paths are resolved under the dataset root now, so the root is read at load time.
-    ``extra_annotation_keys=None`` keeps every non-COCO annotation key present in the json
-    (this reads the json twice: load_coco_json drops keys it is not told about).
-    """
+def _existing_files(json_file: str | Path, image_root: str | Path) -> tuple[Path, Path]:
+    """Root-resolved paths of a split, or an error naming the missing one. Relative paths are
+    resolved under the dataset root now, so the root is read at load time."""
     json_path, image_dir = _resolve(json_file), _resolve(image_root)
     if not json_path.is_file():
         raise FileNotFoundError(
@@ -123,15 +115,23 @@ def load_class_agnostic(
         )
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir} (for {json_path})")
-    if extra_annotation_keys is None:
-        extra_annotation_keys = pseudo_labels.extra_annotation_keys(json_path)
-    dicts = load_coco_json(
-        str(json_path), str(image_dir), extra_annotation_keys=list(extra_annotation_keys)
-    )
+    return json_path, image_dir
+
+
+def load_class_agnostic(json_file: str | Path, image_root: str | Path) -> list[dict[str, Any]]:
+    """Load a COCO json (with or without annotations) as detectron2 dicts of one class."""
+    json_path, image_dir = _existing_files(json_file, image_root)
+    dicts = load_coco_json(str(json_path), str(image_dir))
     for record in dicts:
         for annotation in record["annotations"]:
             annotation["category_id"] = 0
     return dicts
+
+
+def load_pseudo_labels(json_file: str | Path, image_root: str | Path) -> CompactDataset:
+    """Load a pseudo-label file (data/pseudo_labels.py) as a compact, serialized class-agnostic
+    dataset of what the mapper and the losses read (masks, boxes, scores, embedding rows)."""
+    return pseudo_labels.load_compact_dataset(*_existing_files(json_file, image_root))
 
 
 def _register(
@@ -147,12 +147,12 @@ def _register(
 
 
 def _concatenated_loader(
-    parts: Sequence[SplitFiles], extra_annotation_keys: Sequence[str] | None = ()
+    parts: Sequence[SplitFiles], load_part: Callable[..., list[dict[str, Any]]]
 ) -> Callable[[], list[dict[str, Any]]]:
     def load() -> list[dict[str, Any]]:
         dicts: list[dict[str, Any]] = []
         for part in parts:
-            dicts += load_class_agnostic(part.json_file, part.image_root, extra_annotation_keys)
+            dicts += load_part(part.json_file, part.image_root)
         return dicts
 
     return load
@@ -161,20 +161,19 @@ def _concatenated_loader(
 def register_class_agnostic(name: str, json_file: str, image_root: str) -> None:
     """Register any COCO-format split as one ``object`` class (paths may be root-relative)."""
     parts = (SplitFiles(json_file, image_root),)
-    _register(name, parts, _concatenated_loader(parts))
+    _register(name, parts, _concatenated_loader(parts, load_class_agnostic))
 
 
 def register_pseudo_labels(name: str, json_file: str, image_root: str) -> None:
-    """Register a pseudo-label json (data/pseudo_labels.py) whose dicts keep every pseudo-label
-    key present (score, emb, k, saliency_overlap, ...): the mapper and the losses read them."""
+    """Register a pseudo-label json (data/pseudo_labels.py), loaded by ``load_pseudo_labels``."""
     parts = (SplitFiles(json_file, image_root),)
-    _register(name, parts, _concatenated_loader(parts, extra_annotation_keys=None))
+    _register(name, parts, lambda: load_pseudo_labels(json_file, image_root))
 
 
 def register_all() -> None:
     """Register every built-in split; called at import and safe to call again."""
     for name, parts in BUILTIN_SPLITS.items():
-        _register(name, parts, _concatenated_loader(parts))
+        _register(name, parts, _concatenated_loader(parts, load_class_agnostic))
     pseudo_name, pseudo_files = SYNTHETIC_PSEUDO_SPLIT
     register_pseudo_labels(pseudo_name, pseudo_files.json_file, pseudo_files.image_root)
 

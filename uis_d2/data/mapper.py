@@ -24,7 +24,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, polygons_to_bitmas
 
 from uis_d2.data.copy_paste import CopyPasteParams, copy_paste
 from uis_d2.data.image_io import BAD_IMAGE_POLICIES, BadImageError, read_image
-from uis_d2.data.pseudo_labels import annotation_embedding, annotation_score
+from uis_d2.data.pseudo_labels import EmbeddingLookup, annotation_score
 from uis_d2.utils.masks import masks_to_boxes_xyxy, rle_to_mask
 
 logger = logging.getLogger(__name__)
@@ -57,12 +57,14 @@ def decode_annotations(
     min_area: int,
     class_agnostic: bool,
     file_name: str,
+    embeddings: EmbeddingLookup | None = None,
 ) -> PseudoInstances:
-    """Decode RLE / polygon pseudo-masks, dropping crowd regions, low scores and tiny masks.
+    """Decode RLE / polygon pseudo-masks, dropping crowd regions, low scores and tiny masks;
+    ``embeddings`` reads the kept masks' embeddings (from the file's store or inline).
 
     A missing score counts as 1.0, so ground-truth jsons can be used as pseudo-labels.
     """
-    masks, scores, classes, embeddings = [], [], [], []
+    masks, scores, classes, kept = [], [], [], []
     for index, annotation in enumerate(annotations):
         if annotation.get("iscrowd", 0):
             continue
@@ -75,18 +77,16 @@ def decode_annotations(
         masks.append(mask)
         scores.append(score)
         classes.append(0 if class_agnostic else int(annotation.get("category_id", 0)))
-        embeddings.append(annotation_embedding(annotation))
-
-    has_embedding = [e is not None for e in embeddings]
-    if any(has_embedding) and not all(has_embedding):
-        raise ValueError(f"{file_name}: some pseudo-masks carry an 'emb' and others do not")
+        kept.append(annotation)
+    try:
+        kept_embeddings = (embeddings or EmbeddingLookup(None)).embeddings(kept)
+    except ValueError as err:
+        raise ValueError(f"{file_name}: {err}") from err
     return PseudoInstances(
         masks=np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool),
         scores=np.asarray(scores, dtype=np.float32),
         classes=np.asarray(classes, dtype=np.int64),
-        embeddings=(
-            np.asarray(embeddings, dtype=np.float32) if embeddings and all(has_embedding) else None
-        ),
+        embeddings=kept_embeddings,
     )
 
 
@@ -212,7 +212,7 @@ class PseudoMaskDatasetMapper:
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         if self.is_train and annotations is not None:
-            instances = self._load_instances(annotations, *original_shape, file_name)
+            instances = self._load_instances(dataset_dict, annotations, *original_shape)
             instances.masks = _transform_masks(instances.masks, transforms, image.shape[:2])
             instances = instances.select(instances.masks.any(axis=(1, 2)))
             rng = np.random.default_rng(np.random.randint(2**31))
@@ -225,8 +225,14 @@ class PseudoMaskDatasetMapper:
         return dataset_dict
 
     def _load_instances(
-        self, annotations: Sequence[dict[str, Any]], height: int, width: int, file_name: str
+        self,
+        record: dict[str, Any],
+        annotations: Sequence[dict[str, Any]],
+        height: int,
+        width: int,
     ) -> PseudoInstances:
+        """The pseudo-masks of a dataset record; embeddings come from the record's file's store
+        (``embedding_store``), of which only this image's rows are read, or inline."""
         return decode_annotations(
             annotations,
             height,
@@ -234,7 +240,8 @@ class PseudoMaskDatasetMapper:
             min_score=self.min_score,
             min_area=self.min_area,
             class_agnostic=self.class_agnostic,
-            file_name=file_name,
+            file_name=record["file_name"],
+            embeddings=EmbeddingLookup(record.get("embedding_store")),
         )
 
     def _copy_paste(
@@ -249,10 +256,7 @@ class PseudoMaskDatasetMapper:
             logger.warning(f"Copy-paste source skipped: {err}")
             return image, instances
         source = self._load_instances(
-            source_dict.get("annotations", []),
-            source_image.shape[0],
-            source_image.shape[1],
-            source_file,
+            source_dict, source_dict.get("annotations", []), *source_image.shape[:2]
         )
         if (source.embeddings is None) != (instances.embeddings is None) or (
             source.embeddings is not None

@@ -11,20 +11,26 @@ all annotations at once (``rle_string_totals``), which proves them decodable (va
 no dangling continuation, non-negative runs summing exactly to the ``size`` field's h*w);
 pycocotools' ``toBbox`` then yields the mask boxes in C, but only for RLEs that passed, because
 its decoder does not bounds-check corrupt counts. Uncompressed (list) counts are checked the same
-way (non-negative ints summing to h*w). The garbage collector is paused while loading and checking:
-the millions of small json objects hold no reference cycles, and its repeated full scans of them
-otherwise dominate the run time.
+way (non-negative ints summing to h*w). The garbage collector is paused while checking: the
+many small json objects hold no reference cycles, and its repeated full scans of them otherwise
+dominate the run time.
+
+Memory: a file is read as a stream (annotations parsed one at a time and checked in batches of
+``ANNOTATION_BATCH``), so what the pass holds is the image table and a few bytes per annotation
+(its id and embedding row), never the file's json objects: COCO-scale pseudo-labels (241k
+images) validate in flat memory. Embedding rows (``emb_row``) are checked against the file's
+embedding store (data/pseudo_labels.py): its existence, dtype, shape and finite values.
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
-import json
 import math
 import os
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,16 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from uis_d2.data.pseudo_labels import EMBEDDING_KEY, SCORE_KEY
+from uis_d2.data.pseudo_labels import (
+    EMBEDDING_KEY,
+    EMBEDDING_ROW_KEY,
+    EMBEDDING_STORE_DTYPE,
+    SCORE_KEY,
+    embedding_store_path,
+    iter_json,
+    open_embedding_store,
+    read_store_blocks,
+)
 
 KINDS = ("auto", "gt", "pseudo")
 # Boxes may overshoot the image by float rounding (COCO has x + w = 640.01); masks are pixel-exact.
@@ -44,6 +59,12 @@ XYXY_HINT = "boxes look like x1y1x2y2 (COCO needs x,y,w,h; the known FreeSOLO ex
 _MAX_RLE_GROUP_CHARS = 7
 # Characters parsed per vectorised pass (a few hundred MB of temporaries at most).
 _CHUNK_CHARS = 4_000_000
+# Annotations checked together: large enough for the vectorised passes, small enough that
+# memory does not grow with the file.
+ANNOTATION_BATCH = 2_000
+# Store rows checked for finite values per read of the memory map.
+_STORE_ROWS_PER_READ = 4_096
+_MISSING = object()
 
 
 class AnnotationError(ValueError):
@@ -107,23 +128,53 @@ def validate_coco_json(
     max_problems: int = 100,
     progress: bool = False,
 ) -> ValidationReport:
-    """Check a COCO json file and report every problem (does not raise for content problems).
+    """Check a COCO json file, streaming it, and report every problem (does not raise for
+    content problems).
 
     ``kind``: "gt" requires categories, "pseudo" requires a score per annotation, "auto" picks
-    "pseudo" when annotations carry scores. ``images_dir``: also check the image files exist.
+    "pseudo" when the annotations carry scores. ``images_dir``: also check the image files exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO json not found: {path}")
     report = ValidationReport(path=str(path), max_problems=max_problems)
+    with open(path, "rb") as f:
+        first = f.read(64).lstrip()[:1]
+    if first != b"{":
+        report.add("top level must be a json object" + (" (empty file)" if not first else ""))
+        return report
     with _gc_paused():
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            info = _first_value(path, "info")
+            categories = _first_value(path, "categories")
+            annotations = iter_json(path, "annotations.item")
+            validate_coco_parts(
+                report,
+                iter_json(path, "images.item"),
+                lambda: _first_value(path, "images"),
+                categories,
+                annotations,
+                lambda: _first_value(path, "annotations"),
+                images_dir,
+                kind,
+                embedding_store_path(path),
+                progress,
+                _described_width(info),
+            )
+        except ValueError as exc:  # malformed json, met wherever it is in the stream
             report.add(f"not valid json ({exc})")
-            return report
-        return validate_coco_dict(data, report, images_dir, kind, progress)
+    return report
+
+
+def _described_width(info: Any) -> int | None:
+    """The embedding width the file's writer recorded (``info.embedding_store.dim``)."""
+    store = info.get("embedding_store") if isinstance(info, dict) else None
+    return store.get("dim") if isinstance(store, dict) else None
+
+
+def _first_value(path: Path, prefix: str) -> Any:
+    """The value at a top-level key (``_MISSING`` when absent), parsed on its own."""
+    return next(iter_json(path, prefix), _MISSING)
 
 
 @contextmanager
@@ -152,36 +203,85 @@ def validate_coco_dict(
     images_dir: str | Path | None = None,
     kind: str = "auto",
     progress: bool = False,
+    embedding_store: str | Path | None = None,
 ) -> ValidationReport:
     """Check an already-loaded COCO dict, adding problems and counts to ``report``."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(data, dict):
         report.add(f"top level must be a json object, got {type(data).__name__}")
         return report
-    images = _required_list(data, "images", report)
-    annotations = _required_list(data, "annotations", report)
-    if kind == "auto":
-        scored = any(isinstance(a, dict) and SCORE_KEY in a for a in annotations)
-        kind = "pseudo" if scored else "gt"
-    report.kind = kind
-    categories = data.get("categories")
-    if categories is None and kind == "gt":
-        report.add("missing top-level key 'categories' (required for ground truth)")
-    category_ids = _check_categories(categories, report) if categories is not None else None
+    images, annotations = data.get("images", _MISSING), data.get("annotations", _MISSING)
+    return validate_coco_parts(
+        report,
+        images if isinstance(images, list) else [],
+        lambda: images,
+        data.get("categories", _MISSING),
+        annotations if isinstance(annotations, list) else [],
+        lambda: annotations,
+        images_dir,
+        kind,
+        embedding_store,
+        progress,
+    )
 
-    if data.get("images") == []:
+
+def validate_coco_parts(
+    report: ValidationReport,
+    images: Iterable[Any],
+    whole_images: Callable[[], Any],
+    categories: Any,
+    annotations: Iterable[Any],
+    whole_annotations: Callable[[], Any],
+    images_dir: str | Path | None,
+    kind: str,
+    embedding_store: str | Path | None,
+    progress: bool = False,
+    store_width: int | None = None,
+) -> ValidationReport:
+    """The checks of a file given as its parts: ``images`` and ``annotations`` as streams of
+    items, ``categories`` whole (or ``_MISSING``). ``whole_images()`` / ``whole_annotations()``
+    give the top-level value itself, asked for only when its stream is empty, to tell a missing
+    key or a non-list from an empty list."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    images, _, no_images = _opened_stream(images, whole_images, "images", report)
+    annotations, first, no_annotations = _opened_stream(
+        annotations, whole_annotations, "annotations", report
+    )
+    if kind == "auto":
+        kind = "pseudo" if isinstance(first, dict) and SCORE_KEY in first else "gt"
+    report.kind = kind
+    if categories is _MISSING and kind == "gt":
+        report.add("missing top-level key 'categories' (required for ground truth)")
+    category_ids = None if categories is _MISSING else _check_categories(categories, report)
+    if no_images:
         report.add("'images' is empty")
     image_sizes = _check_images(images, images_dir, report)
-    if data.get("annotations") == []:
+    if no_annotations:
         report.add("'annotations' is empty")
-    _AnnotationChecker(image_sizes, category_ids, kind, report).run(annotations, progress)
+    checker = _AnnotationChecker(
+        image_sizes, category_ids, kind, report, embedding_store, store_width
+    )
+    checker.run(annotations, progress)
     return report
 
 
-def _required_list(data: dict, key: str, report: ValidationReport) -> list:
-    value = data.get(key)
-    if value is None:
+def _opened_stream(
+    items: Iterable[Any], whole: Callable[[], Any], key: str, report: ValidationReport
+) -> tuple[Iterator[Any], Any, bool]:
+    """A top-level list's items as a stream, its first item, and whether it is an empty list;
+    the whole value is asked for only when the stream is empty, to report a missing key or a
+    non-list."""
+    stream = iter(items)
+    first = next(stream, _MISSING)
+    if first is not _MISSING:
+        return itertools.chain([first], stream), first, False
+    value = whole()
+    _required_list(value, key, report)
+    return iter(()), _MISSING, value == []
+
+
+def _required_list(value: Any, key: str, report: ValidationReport) -> list:
+    if value is _MISSING or value is None:
         report.add(f"missing top-level key '{key}'")
         return []
     if not isinstance(value, list):
@@ -226,10 +326,9 @@ def _check_categories(categories: Any, report: ValidationReport) -> set[int]:
 
 
 def _check_images(
-    images: list, images_dir: str | Path | None, report: ValidationReport
+    images: Iterable[Any], images_dir: str | Path | None, report: ValidationReport
 ) -> dict[Any, tuple[int, int]]:
     """Returns {image id: (height, width)} for images with a usable id and size."""
-    report.num_images = len(images)
     if images_dir is not None and not Path(images_dir).is_dir():
         report.add(f"images_dir not found: {images_dir}")
         images_dir = None
@@ -237,6 +336,7 @@ def _check_images(
     seen_ids: set = set()
     file_owner: dict[str, Any] = {}
     for index, image in enumerate(images):
+        report.num_images = index + 1
         image_id = image.get("id") if isinstance(image, dict) else None
         where = f"image #{index} (id={image_id})"
         if not _check_unique_id(image_id, seen_ids, where, report):
@@ -264,7 +364,8 @@ def _check_images(
 
 
 class _AnnotationChecker:
-    """Per-annotation scalar checks in one loop; masks, boxes and embeddings checked in batch."""
+    """Per-annotation scalar checks in one loop; masks, boxes and embeddings checked in batches
+    of ``ANNOTATION_BATCH`` annotations, ids and embedding rows once at the end."""
 
     def __init__(
         self,
@@ -272,37 +373,105 @@ class _AnnotationChecker:
         category_ids: set[int] | None,
         kind: str,
         report: ValidationReport,
+        embedding_store: str | Path | None = None,
+        store_width: int | None = None,
     ):
         self.image_sizes = image_sizes
         self.category_ids = category_ids
         self.kind = kind
         self.report = report
+        self.embedding_store = embedding_store
+        self.store_width = store_width
         self.annotated_images: set = set()
         # Collected for the batch checks: annotation label, image size, and the value.
         self.rle_strings: list[tuple[str, tuple[int, int], str]] = []
         self.rle_lists: list[tuple[str, tuple[int, int], list]] = []
         self.boxes: list[tuple[str, tuple[int, int], list[float]]] = []
         self.embeddings: list[tuple[str, list]] = []
+        # Kept for the whole file, 8 bytes an annotation: ids, and embedding rows by position.
+        self.ids = array("q")
+        self.rows = array("q")
 
-    def run(self, annotations: list, progress: bool) -> None:
-        self.report.num_annotations = len(annotations)
-        seen_ids: set = set()
+    def run(self, annotations: Iterable[Any], progress: bool) -> None:
+        count = 0
         for index, ann in enumerate(
             tqdm(annotations, desc="annotations", unit="ann", disable=not progress, mininterval=1)
         ):
+            count += 1
             ann_id = ann.get("id") if isinstance(ann, dict) else None
             where = f"annotation #{index} (id={ann_id})"
             if not isinstance(ann, dict):
                 self.report.add(f"{where}: must be a json object")
                 continue
-            _check_unique_id(ann_id, seen_ids, where, self.report)
+            if _is_int(ann_id):
+                self.ids.append(ann_id)
+            else:
+                self.report.add(f"{where}: field 'id' must be an int")
             self._check_one(ann, where)
+            if count % ANNOTATION_BATCH == 0:
+                self._check_batch()
+        self._check_batch()
+        self.report.num_annotations = count
         self.report.num_images_without_annotations = len(
             set(self.image_sizes) - self.annotated_images
         )
-        boxes_by_label = self._check_masks()
-        self._check_boxes(boxes_by_label)
+        self._check_duplicate_ids()
+        self._check_embedding_rows()
+
+    def _check_batch(self) -> None:
+        self._check_boxes(self._check_masks())
         self._check_embeddings()
+        for pending in (self.rle_strings, self.rle_lists, self.boxes, self.embeddings):
+            pending.clear()
+
+    def _check_duplicate_ids(self) -> None:
+        values, counts = np.unique(np.frombuffer(self.ids, dtype=np.int64), return_counts=True)
+        for value, count in zip(values[counts > 1], counts[counts > 1], strict=True):
+            self.report.add(f"annotation id={value}: field 'id' is duplicated ({count} times)")
+
+    def _check_embedding_rows(self) -> None:
+        """``emb_row``: one distinct row of an existing float16 store per annotation naming
+        one, the store holding exactly those rows, of finite values."""
+        if not self.rows:
+            return
+        add = self.report.add
+        rows = np.frombuffer(self.rows, dtype=np.int64)
+        path = self.embedding_store
+        if path is None or not Path(path).is_file():
+            add(
+                f"{len(rows)} annotations name rows of an embedding store, which is missing: {path}"
+            )
+            return
+        try:
+            store = open_embedding_store(path)
+        except ValueError as err:
+            add(str(err))
+            return
+        if self.store_width is not None and store.shape[1] != self.store_width:
+            add(f"{path}: width {store.shape[1]}, but the json's info says {self.store_width}")
+        if store.dtype != EMBEDDING_STORE_DTYPE:
+            add(f"{path}: dtype {store.dtype}, expected {EMBEDDING_STORE_DTYPE}")
+        if len(store) != len(rows):
+            add(
+                f"{path}: holds {len(store)} rows but {len(rows)} annotations name one (the store "
+                "of another file, or cut short)"
+            )
+        beyond = np.flatnonzero(rows >= len(store))
+        if beyond.size:
+            add(
+                f"{path}: {beyond.size} annotations name rows beyond its {len(store)}, e.g. "
+                f"{rows[beyond[:3]].tolist()}"
+            )
+        values, counts = np.unique(rows, return_counts=True)
+        if (counts > 1).any():
+            add(f"{path}: rows {values[counts > 1][:3].tolist()} are named by several annotations")
+        if self.embeddings or self.report.embedding_dim:
+            add(f"{path}: the file mixes inline '{EMBEDDING_KEY}' lists and store rows")
+        self.report.embedding_dim = int(store.shape[1])
+        for start, block in read_store_blocks(path, _STORE_ROWS_PER_READ):
+            bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+            for row in bad[:3]:
+                add(f"{path}: row {start + row} holds non-finite values")
 
     def _check_one(self, ann: dict, where: str) -> None:
         add = self.report.add
@@ -332,6 +501,12 @@ class _AnnotationChecker:
                 self.embeddings.append((where, embedding))
             else:
                 add(f"{where}: field '{EMBEDDING_KEY}' must be a non-empty list of floats")
+        if EMBEDDING_ROW_KEY in ann:
+            row = ann[EMBEDDING_ROW_KEY]
+            if _is_int(row) and row >= 0:
+                self.rows.append(row)
+            else:
+                add(f"{where}: field '{EMBEDDING_ROW_KEY}' must be an int >= 0, got {row!r}")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite_number, bbox))):
             add(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
@@ -440,12 +615,14 @@ class _AnnotationChecker:
             self.report.add(text)
 
     def _check_embeddings(self) -> None:
-        """Embeddings: finite numbers, one length across the file (the most common one)."""
+        """Inline embeddings of a batch: finite numbers, one length across the file (the most
+        common one among the first batch's)."""
         if not self.embeddings:
             return
         lengths = [len(embedding) for _, embedding in self.embeddings]
-        dim = Counter(lengths).most_common(1)[0][0]
-        self.report.embedding_dim = dim
+        if self.report.embedding_dim is None:
+            self.report.embedding_dim = Counter(lengths).most_common(1)[0][0]
+        dim = self.report.embedding_dim
         for (label, _), length in zip(self.embeddings, lengths, strict=True):
             if length != dim:
                 self.report.add(

@@ -20,7 +20,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from uis_d2.data.datasets import register_pseudo_labels
-from uis_d2.data.pseudo_labels import annotation_embedding, embedding_dim
+from uis_d2.data.pseudo_labels import EmbeddingLookup, embedding_dim
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def dataset_embedding_dim(dataset_name: str) -> int:
     if json_files:
         return 0
     for record in DatasetCatalog.get(dataset_name):  # registered without a json file
-        for annotation in record.get("annotations", []):
-            embedding = annotation_embedding(annotation)
-            if embedding is not None:
-                return len(embedding)
+        annotations = record.get("annotations") or []
+        embeddings = EmbeddingLookup(record.get("embedding_store")).embeddings(annotations[:1])
+        if embeddings is not None:
+            return embeddings.shape[1]
     return 0
 
 

@@ -26,10 +26,12 @@ from torch import nn
 
 from uis_d2.data.datasets import register_pseudo_labels
 from uis_d2.data.pseudo_labels import (
+    EmbeddingStoreWriter,
     annotation_record,
     encode_masks,
     file_header,
-    read_pseudo_labels,
+    pop_embeddings,
+    read_info,
 )
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.run_config import prepare_run_config
@@ -54,11 +56,12 @@ def pseudo_dataset_name(round_index: int) -> str:
 
 def predictions_to_annotations(
     instances: Instances, score_thresh: float, max_per_image: int
-) -> list[dict[str, Any]]:
-    """Confident predictions of one image as pseudo-label annotations (without ids), best first.
+) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """Confident predictions of one image as pseudo-label annotations (without ids), best first,
+    and their embeddings as float16 rows for the store (None without an embedding head).
 
-    Embeddings are kept when the model predicts them (``pred_embeddings``), so a later round
-    trains its embedding head on them; otherwise the annotations carry none.
+    The embeddings are what the model predicts (``pred_embeddings``), so a later round trains
+    its embedding head on them.
     """
     scores = instances.scores.cpu().numpy()
     order = np.argsort(-scores, kind="stable")
@@ -68,11 +71,13 @@ def predictions_to_annotations(
     if instances.has("pred_embeddings"):
         embeddings = instances.pred_embeddings[index].float().cpu().numpy()
     # Encoded where the model left them: only run starts, not whole masks, reach the host.
-    return encode_masks(instances.pred_masks[index], scores[order], embeddings)
+    annotations = encode_masks(instances.pred_masks[index], scores[order], embeddings)
+    return annotations, pop_embeddings(annotations)
 
 
 class PseudoLabelWriter(DatasetEvaluator):
-    """Collects a model's confident predictions and writes them as a pseudo-label json.
+    """Collects a model's confident predictions and writes them as a pseudo-label json and its
+    embedding store (data/pseudo_labels.py).
 
     A ``DatasetEvaluator`` so that detectron2's ``inference_on_dataset`` supplies the loop,
     the progress log and the gathering across processes.
@@ -98,14 +103,16 @@ class PseudoLabelWriter(DatasetEvaluator):
         for item, output in zip(inputs, outputs, strict=True):
             if item is None:  # unreadable image, skipped by the mapper (INPUT.BAD_IMAGE_POLICY)
                 continue
+            annotations, embeddings = predictions_to_annotations(
+                output["instances"], self._score_thresh, self._max_per_image
+            )
             self._records.append(
                 {
                     "file_name": item["file_name"],
                     "height": item["height"],
                     "width": item["width"],
-                    "annotations": predictions_to_annotations(
-                        output["instances"], self._score_thresh, self._max_per_image
-                    ),
+                    "annotations": annotations,
+                    "embeddings": embeddings,
                 }
             )
 
@@ -113,7 +120,10 @@ class PseudoLabelWriter(DatasetEvaluator):
         comm.synchronize()
         records = list(itertools.chain(*comm.gather(self._records, dst=0)))
         if comm.is_main_process():
-            coco = _to_coco(records, self._info)
+            store = EmbeddingStoreWriter(self._output_json)
+            coco = _to_coco(records, self._info, store)
+            # The store first: a json in place means its pseudo-labels are complete.
+            coco["info"]["embedding_store"] = store.finish()
             atomic_write_json(self._output_json, coco)
             logger.info(
                 f"Wrote {len(coco['annotations'])} pseudo-masks on {len(coco['images'])} "
@@ -123,8 +133,11 @@ class PseudoLabelWriter(DatasetEvaluator):
         return {}
 
 
-def _to_coco(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
-    """COCO json with file names relative to the images' common folder (kept in ``info``)."""
+def _to_coco(
+    records: list[dict[str, Any]], info: dict[str, Any], store: EmbeddingStoreWriter
+) -> dict[str, Any]:
+    """COCO json with file names relative to the images' common folder (kept in ``info``);
+    embeddings go to ``store`` in the file's annotation order."""
     records = sorted(records, key=lambda r: r["file_name"])
     image_root = os.path.commonpath([os.path.dirname(r["file_name"]) for r in records] or ["."])
     images, annotations = [], []
@@ -137,6 +150,8 @@ def _to_coco(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, A
                 "width": record["width"],
             }
         )
+        if record["embeddings"] is not None:
+            store.add(record["annotations"], record["embeddings"])
         for fields in record["annotations"]:
             annotations.append(annotation_record(len(annotations) + 1, image_id, fields))
     return {**file_header({**info, "image_root": image_root}, images), "annotations": annotations}
@@ -205,7 +220,7 @@ def run_self_training(cfg: CfgNode, resume: bool = False) -> Any:
             model = load_trained_model(round_cfg, final_model)
             info = {"round": r, "model": str(final_model)}
             write_pseudo_labels(round_cfg, model, list(cfg.DATASETS.TRAIN), pseudo_json, info)
-        image_root = read_pseudo_labels(pseudo_json)["info"]["image_root"]
+        image_root = read_info(pseudo_json)["image_root"]
         register_pseudo_labels(pseudo_dataset_name(r), str(pseudo_json), image_root)
         train_datasets = [pseudo_dataset_name(r)]
     return result

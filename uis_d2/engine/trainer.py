@@ -18,6 +18,7 @@ from pathlib import Path
 
 import detectron2.engine.defaults as d2_defaults
 import torch
+import torch.utils.data as torchdata
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
@@ -27,6 +28,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer
 
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
+from uis_d2.data.pseudo_labels import CompactDataset
 from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.evaluation import ClassAgnosticEvaluator
@@ -41,12 +43,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """Pseudo-mask loader; copy-paste draws its sources from the same (serialised) dicts, so
-        worker processes share one copy of the dataset instead of two."""
-        dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
-        dataset = DatasetFromList(dicts, copy=False)
+        """Pseudo-mask loader; copy-paste draws its sources from the same serialized records,
+        so worker processes share one copy of the dataset instead of two."""
+        dataset = training_dataset(cfg)
         mapper = PseudoMaskDatasetMapper(cfg, is_train=True, copy_paste_sources=dataset)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
@@ -67,6 +66,25 @@ class Trainer(DefaultTrainer):
         """Class-agnostic AP/AR; predictions and metrics go to OUTPUT_DIR/inference/<dataset>."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return ClassAgnosticEvaluator(dataset_name, output_dir=output_folder)
+
+
+def training_dataset(cfg: CfgNode) -> torchdata.Dataset:
+    """DATASETS.TRAIN serialized: pseudo-label files come as ``CompactDataset``s (built while
+    read), other registered datasets as detectron2's lists, serialized by ``DatasetFromList``.
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS drops images without masks either way."""
+    filter_empty = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=filter_empty)
+    if isinstance(dataset, list):
+        return DatasetFromList(dataset, copy=False)
+    # detectron2 v0.6 wraps catalog datasets in a ConcatDataset; main returns a single one as is.
+    datasets = dataset.datasets if isinstance(dataset, torchdata.ConcatDataset) else [dataset]
+    if not all(isinstance(d, CompactDataset) for d in datasets):
+        raise ValueError(
+            f"DATASETS.TRAIN = {cfg.DATASETS.TRAIN} mixes pseudo-label files with other datasets: "
+            "register every training set with register_pseudo_labels (INPUT.PSEUDO_MASKS.REGISTER)"
+        )
+    parts = [d.with_annotations() if filter_empty else d for d in datasets]
+    return parts[0] if len(parts) == 1 else torchdata.ConcatDataset(parts)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ ground truth still counts, as misses) and every other image is predicted exactly
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from uis_d2.data.mapper import PseudoMaskDatasetMapper
 class MapKeepingUnreadable(torch.utils.data.Dataset):
     """Like detectron2's MapDataset, except that a skipped image stays a None entry."""
 
-    def __init__(self, dicts: list[dict[str, Any]], mapper: PseudoMaskDatasetMapper):
+    def __init__(self, dicts: Sequence[dict[str, Any]], mapper: PseudoMaskDatasetMapper):
         self._dicts = dicts
         self._mapper = mapper
 
@@ -46,7 +47,7 @@ class SkipUnreadable(nn.Module):
         return [None if x is None else next(outputs) for x in inputs]
 
 
-def build_inference_loader(cfg: CfgNode, dicts: list[dict[str, Any]]):
+def build_inference_loader(cfg: CfgNode, dicts: Sequence[dict[str, Any]]):
     """Test-time loader whose unreadable images (skip policy) come through as None."""
     mapper = PseudoMaskDatasetMapper(cfg, is_train=False, skip_bad_at_inference=True)
     return build_detection_test_loader(

@@ -21,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from uis_d2.data.pseudo_labels import CATEGORIES
 from uis_d2.utils.files import read_json
+from uis_d2.utils.masks import to_compressed_rle
 
 METRIC_KEYS = [
     "AP",
@@ -111,22 +112,6 @@ def load_predictions(predictions: Predictions) -> list[Mapping[str, Any]]:
     if not isinstance(predictions, Sequence) or isinstance(predictions, (str, bytes)):
         raise ValueError(f"{source}: expected a list of predictions, got {type(predictions)}")
     return list(predictions)
-
-
-def to_compressed_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
-    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as RLE with str counts."""
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, Mapping) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(dict(segmentation), height, width)
-    elif isinstance(segmentation, Mapping) and "counts" in segmentation:
-        rle = {"size": list(segmentation["size"]), "counts": segmentation["counts"]}
-    else:
-        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
-    if isinstance(rle["counts"], bytes):
-        rle["counts"] = rle["counts"].decode("ascii")
-    rle["size"] = [int(s) for s in rle["size"]]
-    return rle
 
 
 def normalize_predictions(

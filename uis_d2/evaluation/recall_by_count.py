@@ -32,8 +32,8 @@ from uis_d2.evaluation.coco_agnostic import (
     load_predictions,
     normalize_predictions,
     source_name,
-    to_compressed_rle,
 )
+from uis_d2.utils.masks import to_compressed_rle
 
 BUCKET_LABELS = ("1", "2", "3", "4", "5", "6+")
 ALL_LABEL = "all"

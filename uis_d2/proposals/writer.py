@@ -3,7 +3,9 @@ image, then the merged COCO file.
 
 The merged file's bytes depend only on the shard lines and ``info``: images are ordered by id and
 annotation ids are assigned 1, 2, ... in that order, so any split of the work over processes,
-and any sequence of interruptions and resumptions, gives the same file.
+and any sequence of interruptions and resumptions, gives the same file. Shard lines carry the
+embeddings inline; the merge moves them, in the same order, to the embedding store beside the
+json, which is therefore as reproducible as the json.
 
 The merge streams: annotations go through a temporary file and never sit in memory together,
 since COCO-scale pseudo-labels with embeddings run to many gigabytes.
@@ -22,7 +24,12 @@ import numpy as np
 import orjson
 import torch
 
-from uis_d2.data.pseudo_labels import annotation_record, encode_masks, file_header
+from uis_d2.data.pseudo_labels import (
+    EmbeddingStoreWriter,
+    annotation_record,
+    encode_masks,
+    file_header,
+)
 from uis_d2.proposals.base import Proposals
 from uis_d2.proposals.shards import ShardDirectory, ShardReader
 from uis_d2.utils.files import atomic_output
@@ -80,10 +87,11 @@ class MergeSummary:
 def merge_shards(
     shards: ShardDirectory, image_ids: Sequence[int], info: dict[str, Any], output: Path
 ) -> MergeSummary:
-    """Write the COCO json of ``image_ids`` (every one must have a shard line) atomically.
+    """Write the COCO json of ``image_ids`` (every one must have a shard line) and its
+    embedding store, each atomically, the store first.
 
-    ``info`` gets the list of skipped images added; duplicate lines of an image (a rerun racing
-    an earlier one) resolve to the first, in shard-file order.
+    ``info`` gets the list of skipped images and the store's description added; duplicate lines
+    of an image (a rerun racing an earlier one) resolve to the first, in shard-file order.
     """
     index = shards.index()
     missing = [i for i in image_ids if i not in index]
@@ -93,6 +101,7 @@ def merge_shards(
         )
     summary = MergeSummary()
     images = []
+    store = EmbeddingStoreWriter(output)
     with tempfile.TemporaryFile(dir=output.parent) as annotations_tmp, ShardReader() as reader:
         for image_id in sorted(image_ids):
             line = reader.read(*index[image_id])
@@ -107,6 +116,7 @@ def merge_shards(
                 continue
             annotations = line.pop("annotations")
             images.append({"id": image_id, **{k: v for k, v in line.items() if k != "image_id"}})
+            store.move_embeddings(annotations)
             records = [
                 annotation_record(summary.num_masks + number, image_id, annotation)
                 for number, annotation in enumerate(annotations, start=1)
@@ -117,7 +127,10 @@ def merge_shards(
                 summary.num_masks += len(records)
             summary.masks_per_image.append(len(annotations))
         summary.num_images = len(images)
-        header = file_header({**info, "skipped": summary.skipped}, images)
+        embedding_store = store.finish()
+        header = file_header(
+            {**info, "skipped": summary.skipped, "embedding_store": embedding_store}, images
+        )
         annotations_tmp.seek(0)
         with atomic_output(output) as out:
             out.write(_dumps(header)[:-1] + b',"annotations":[')

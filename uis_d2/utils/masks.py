@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -138,3 +139,19 @@ def mask_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter = a_flat @ b_flat.T
     union = a_flat.sum(1)[:, None] + b_flat.sum(1)[None, :] - inter
     return inter / union.clamp(min=1.0)
+
+
+def to_compressed_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as RLE with str counts."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, Mapping) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(dict(segmentation), height, width)
+    elif isinstance(segmentation, Mapping) and "counts" in segmentation:
+        rle = {"size": list(segmentation["size"]), "counts": segmentation["counts"]}
+    else:
+        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    if isinstance(rle["counts"], bytes):
+        rle["counts"] = rle["counts"].decode("ascii")
+    rle["size"] = [int(s) for s in rle["size"]]
+    return rle
