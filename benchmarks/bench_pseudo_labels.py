@@ -49,6 +49,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2, and registration)
 import cv2
 import numpy as np
 import orjson
+from bench_writer import random_proposals  # the sibling benchmark (this folder is on sys.path)
 from detectron2.data import DatasetCatalog, DatasetFromList
 from detectron2.data.datasets import load_coco_json
 
@@ -137,13 +138,7 @@ def synthetic_proposals(args: argparse.Namespace, index: int) -> Proposals:
     """Image ``index``'s proposals, drawn from its own seed (a set's images do not depend on
     its size)."""
     rng = np.random.default_rng([SEED, index])
-    n = args.masks
-    return Proposals(
-        masks=random_masks(rng, n, args.height, args.width),
-        scores=rng.random(n, dtype=np.float32),
-        embeddings=rng.standard_normal((n, args.dim), dtype=np.float32),
-        extras={"k": rng.integers(2, 5, n), "saliency_overlap": rng.random(n, dtype=np.float32)},
-    )
+    return random_proposals(random_masks(rng, args.masks, args.height, args.width), args.dim, rng)
 
 
 def image_name(index: int) -> str:

@@ -58,14 +58,21 @@ def blob_masks(rng: np.random.Generator, count: int, height: int, width: int) ->
     return masks
 
 
-def make_proposals(args: argparse.Namespace, rng: np.random.Generator) -> Proposals:
-    n = args.num_masks
+def random_proposals(masks: np.ndarray, dim: int, rng: np.random.Generator) -> Proposals:
+    """Proposals of the given masks with random scores, ``dim``-d embeddings and the spectral
+    generator's extras (also used by bench_pseudo_labels.py)."""
+    n = len(masks)
     return Proposals(
-        masks=blob_masks(rng, n, args.height, args.width),
+        masks=masks,
         scores=rng.random(n, dtype=np.float32),
-        embeddings=rng.standard_normal((n, args.emb_dim), dtype=np.float32),
+        embeddings=rng.standard_normal((n, dim), dtype=np.float32),
         extras={"k": rng.integers(2, 5, n), "saliency_overlap": rng.random(n, dtype=np.float32)},
     )
+
+
+def make_proposals(args: argparse.Namespace, rng: np.random.Generator) -> Proposals:
+    masks = blob_masks(rng, args.num_masks, args.height, args.width)
+    return random_proposals(masks, args.emb_dim, rng)
 
 
 def before_line(
