@@ -176,8 +176,9 @@ def test_validation_names_a_store_that_does_not_fit_its_file(tmp_path, damage):
     assert any(re.search(expected, problem) for problem in report.problems)
 
 
-def test_validation_memory_does_not_hold_the_annotations(tmp_path, monkeypatch):
-    """Annotations are checked in batches: a file of many batches validates like one."""
+def test_problems_are_found_across_annotation_batches(tmp_path, monkeypatch):
+    """Annotations are checked in batches (bounded memory): a file of many batches reports
+    what it would as one batch, ids duplicated across batches included."""
     from uis_d2.data import validation
 
     monkeypatch.setattr(validation, "ANNOTATION_BATCH", 4)

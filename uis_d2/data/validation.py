@@ -17,9 +17,10 @@ dominate the run time.
 
 Memory: a file is read as a stream (annotations parsed one at a time and checked in batches of
 ``ANNOTATION_BATCH``), so what the pass holds is the image table and a few bytes per annotation
-(its id and embedding row), never the file's json objects: COCO-scale pseudo-labels (241k
-images) validate in flat memory. Embedding rows (``emb_row``) are checked against the file's
-embedding store (data/pseudo_labels.py): its existence, dtype, shape and finite values.
+(its id and embedding row), never the file's json objects: what grows with a file is its image
+table, ~1 KB per image (benchmarks/bench_pseudo_labels.py). Embedding rows (``emb_row``) are
+checked against the file's embedding store (data/pseudo_labels.py): its existence, dtype, shape
+and finite values.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ _CHUNK_CHARS = 4_000_000
 # Annotations checked together: large enough for the vectorised passes, small enough that
 # memory does not grow with the file.
 ANNOTATION_BATCH = 2_000
-# Store rows checked for finite values per read of the memory map.
+# Store rows checked for finite values per read of the file (read, not mapped: see
+# pseudo_labels.read_store_blocks).
 _STORE_ROWS_PER_READ = 4_096
 _MISSING = object()
 
@@ -280,14 +282,11 @@ def _opened_stream(
     return iter(()), _MISSING, value == []
 
 
-def _required_list(value: Any, key: str, report: ValidationReport) -> list:
+def _required_list(value: Any, key: str, report: ValidationReport) -> None:
     if value is _MISSING or value is None:
         report.add(f"missing top-level key '{key}'")
-        return []
-    if not isinstance(value, list):
+    elif not isinstance(value, list):
         report.add(f"top-level '{key}' must be a list, got {type(value).__name__}")
-        return []
-    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -393,11 +392,12 @@ class _AnnotationChecker:
         self.rows = array("q")
 
     def run(self, annotations: Iterable[Any], progress: bool) -> None:
-        count = 0
         for index, ann in enumerate(
             tqdm(annotations, desc="annotations", unit="ann", disable=not progress, mininterval=1)
         ):
-            count += 1
+            self.report.num_annotations = index + 1
+            if index % ANNOTATION_BATCH == 0:
+                self._check_batch()
             ann_id = ann.get("id") if isinstance(ann, dict) else None
             where = f"annotation #{index} (id={ann_id})"
             if not isinstance(ann, dict):
@@ -408,10 +408,7 @@ class _AnnotationChecker:
             else:
                 self.report.add(f"{where}: field 'id' must be an int")
             self._check_one(ann, where)
-            if count % ANNOTATION_BATCH == 0:
-                self._check_batch()
         self._check_batch()
-        self.report.num_annotations = count
         self.report.num_images_without_annotations = len(
             set(self.image_sizes) - self.annotated_images
         )
