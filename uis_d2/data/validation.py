@@ -16,11 +16,13 @@ many small json objects hold no reference cycles, and its repeated full scans of
 dominate the run time.
 
 Memory: a file is read as a stream (annotations parsed one at a time and checked in batches of
-``ANNOTATION_BATCH``), so what the pass holds is the image table and a few bytes per annotation
-(its id and embedding row), never the file's json objects: what grows with a file is its image
-table, ~1 KB per image (benchmarks/bench_pseudo_labels.py). Embedding rows (``emb_row``) are
-checked against the file's embedding store (data/pseudo_labels.py): its existence, dtype, shape
-and finite values.
+``ANNOTATION_BATCH``), never held as json objects. Ids (of images, annotations, embedding rows,
+annotated images) and image sizes are kept as runs of consecutive values (data/int_runs.py): a
+handful of runs for the 1, 2, 3... numbering that writers use, 24 bytes per id at worst. What
+grows with every file is 8 bytes per image (a hash of its file name, to find repeated names
+without keeping them), so the pass is flat in the number of images within a few MB at COCO scale
+(benchmarks/bench_pseudo_labels.py). Embedding rows (``emb_row``) are checked against the file's
+embedding store (data/pseudo_labels.py): its existence, dtype, shape and finite values.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from uis_d2.data.int_runs import IntRuns
 from uis_d2.data.pseudo_labels import (
     EMBEDDING_KEY,
     EMBEDDING_ROW_KEY,
@@ -62,11 +65,13 @@ _MAX_RLE_GROUP_CHARS = 7
 _CHUNK_CHARS = 4_000_000
 # Annotations checked together: large enough for the vectorised passes, small enough that
 # memory does not grow with the file.
-ANNOTATION_BATCH = 2_000
+ANNOTATION_BATCH = 500
 # Store rows checked for finite values per read of the file (read, not mapped: see
 # pseudo_labels.read_store_blocks).
 _STORE_ROWS_PER_READ = 4_096
 _MISSING = object()
+# Image heights and widths are packed into one int64 (height << 32 | width) per run of images.
+_MAX_SIDE = 2**31 - 1
 
 
 class AnnotationError(ValueError):
@@ -152,7 +157,7 @@ def validate_coco_json(
             annotations = iter_json(path, "annotations.item")
             validate_coco_parts(
                 report,
-                iter_json(path, "images.item"),
+                lambda: iter_json(path, "images.item"),
                 lambda: _first_value(path, "images"),
                 categories,
                 annotations,
@@ -214,7 +219,7 @@ def validate_coco_dict(
     images, annotations = data.get("images", _MISSING), data.get("annotations", _MISSING)
     return validate_coco_parts(
         report,
-        images if isinstance(images, list) else [],
+        lambda: images if isinstance(images, list) else [],
         lambda: images,
         data.get("categories", _MISSING),
         annotations if isinstance(annotations, list) else [],
@@ -228,7 +233,7 @@ def validate_coco_dict(
 
 def validate_coco_parts(
     report: ValidationReport,
-    images: Iterable[Any],
+    images: Callable[[], Iterable[Any]],
     whole_images: Callable[[], Any],
     categories: Any,
     annotations: Iterable[Any],
@@ -239,13 +244,14 @@ def validate_coco_parts(
     progress: bool = False,
     store_width: int | None = None,
 ) -> ValidationReport:
-    """The checks of a file given as its parts: ``images`` and ``annotations`` as streams of
-    items, ``categories`` whole (or ``_MISSING``). ``whole_images()`` / ``whole_annotations()``
-    give the top-level value itself, asked for only when its stream is empty, to tell a missing
-    key or a non-list from an empty list."""
+    """The checks of a file given as its parts: ``images()`` a fresh stream of the image items
+    (read a second time only to name repeated file names), ``annotations`` a stream of items,
+    ``categories`` whole (or ``_MISSING``). ``whole_images()`` / ``whole_annotations()`` give the
+    top-level value itself, asked for only when its stream is empty, to tell a missing key or a
+    non-list from an empty list."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    images, _, no_images = _opened_stream(images, whole_images, "images", report)
+    first_images, _, no_images = _opened_stream(images(), whole_images, "images", report)
     annotations, first, no_annotations = _opened_stream(
         annotations, whole_annotations, "annotations", report
     )
@@ -257,7 +263,7 @@ def validate_coco_parts(
     category_ids = None if categories is _MISSING else _check_categories(categories, report)
     if no_images:
         report.add("'images' is empty")
-    image_sizes = _check_images(images, images_dir, report)
+    image_sizes = _check_images(first_images, images, images_dir, report)
     if no_annotations:
         report.add("'annotations' is empty")
     checker = _AnnotationChecker(
@@ -325,41 +331,86 @@ def _check_categories(categories: Any, report: ValidationReport) -> set[int]:
 
 
 def _check_images(
-    images: Iterable[Any], images_dir: str | Path | None, report: ValidationReport
-) -> dict[Any, tuple[int, int]]:
-    """Returns {image id: (height, width)} for images with a usable id and size."""
+    images: Iterable[Any],
+    reread: Callable[[], Iterable[Any]],
+    images_dir: str | Path | None,
+    report: ValidationReport,
+) -> IntRuns:
+    """Returns the ids of images with a usable size, each run carrying its packed size
+    (``_unpack_size``). ``reread()`` streams the images again, only to name repeated files."""
     if images_dir is not None and not Path(images_dir).is_dir():
         report.add(f"images_dir not found: {images_dir}")
         images_dir = None
-    sizes: dict[Any, tuple[int, int]] = {}
-    seen_ids: set = set()
-    file_owner: dict[str, Any] = {}
+    ids, sized = IntRuns(), IntRuns()
+    name_hashes = array("q")  # hash() of each file name (its index), never the names
     for index, image in enumerate(images):
         report.num_images = index + 1
         image_id = image.get("id") if isinstance(image, dict) else None
         where = f"image #{index} (id={image_id})"
-        if not _check_unique_id(image_id, seen_ids, where, report):
+        if not _add_id(ids, image_id, index, where, report):
+            name_hashes.append(0)  # keeps the hashes in step with the image indices
             continue
         height, width = image.get("height"), image.get("width")
         size_ok = True
         for name, value in (("height", height), ("width", width)):
-            if not _is_int(value) or value <= 0:
+            if not _is_int(value) or not 0 < value <= _MAX_SIDE:
                 report.add(f"{where}: field '{name}' must be a positive int, got {value!r}")
                 size_ok = False
         if size_ok:
-            sizes[image_id] = (height, width)
+            sized.add(image_id, height << 32 | width, index)
         file_name = image.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             report.add(f"{where}: field 'file_name' must be a non-empty string")
+            name_hashes.append(0)
             continue
-        if file_name in file_owner:
-            report.add(
-                f"{where}: field 'file_name' {file_name!r} repeats image id={file_owner[file_name]}"
-            )
-        file_owner[file_name] = image_id
+        name_hashes.append(hash(file_name) or 1)  # 0 marks an image without a name
         if images_dir is not None and not os.path.isfile(os.path.join(images_dir, file_name)):
             report.add(f"{where}: field 'file_name': image file not found in {images_dir}")
-    return sizes
+    for repeat in ids.repeats():
+        report.add(f"image #{repeat.position} (id={repeat.first}): field 'id' is duplicated")
+    _check_repeated_names(name_hashes, reread, report)
+    return sized
+
+
+def _add_id(ids: IntRuns, value: Any, index: int, where: str, report: ValidationReport) -> bool:
+    """Record an int id (repeats are found at the end); report a missing or unusable one."""
+    if not _is_int(value):
+        report.add(f"{where}: field 'id' must be an int")
+        return False
+    try:
+        ids.add(value, position=index)
+    except OverflowError:
+        report.add(f"{where}: field 'id' {value} does not fit in 64 bits")
+        return False
+    return True
+
+
+def _unpack_size(packed: int) -> tuple[int, int]:
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
+def _check_repeated_names(
+    name_hashes: array, reread: Callable[[], Iterable[Any]], report: ValidationReport
+) -> None:
+    """Names the images whose file name an earlier image has; the images are read again only
+    when two name hashes are equal (a repeat, or a hash collision that the names then clear)."""
+    hashes = np.frombuffer(name_hashes, dtype=np.int64) if name_hashes else np.zeros(0, np.int64)
+    values, counts = np.unique(hashes[hashes != 0], return_counts=True)
+    suspects = set(values[counts > 1].tolist())
+    if not suspects:
+        return
+    owners: dict[str, Any] = {}
+    for index, image in enumerate(reread()):
+        if index >= len(hashes) or int(hashes[index]) not in suspects:
+            continue
+        file_name, image_id = image["file_name"], image.get("id")
+        if file_name in owners:
+            report.add(
+                f"image #{index} (id={image_id}): field 'file_name' {file_name!r} repeats image "
+                f"id={owners[file_name]}"
+            )
+        else:
+            owners[file_name] = image_id
 
 
 class _AnnotationChecker:
@@ -368,7 +419,7 @@ class _AnnotationChecker:
 
     def __init__(
         self,
-        image_sizes: dict[Any, tuple[int, int]],
+        image_sizes: IntRuns,
         category_ids: set[int] | None,
         kind: str,
         report: ValidationReport,
@@ -381,15 +432,16 @@ class _AnnotationChecker:
         self.report = report
         self.embedding_store = embedding_store
         self.store_width = store_width
-        self.annotated_images: set = set()
+        self.annotated_images = IntRuns()
+        self._last_image: tuple[Any, tuple[int, int] | None] = (None, None)
         # Collected for the batch checks: annotation label, image size, and the value.
         self.rle_strings: list[tuple[str, tuple[int, int], str]] = []
         self.rle_lists: list[tuple[str, tuple[int, int], list]] = []
         self.boxes: list[tuple[str, tuple[int, int], list[float]]] = []
         self.embeddings: list[tuple[str, list]] = []
-        # Kept for the whole file, 8 bytes an annotation: ids, and embedding rows by position.
-        self.ids = array("q")
-        self.rows = array("q")
+        # Kept for the whole file as runs: annotation ids, and embedding rows by position.
+        self.ids = IntRuns()
+        self.rows = IntRuns()
 
     def run(self, annotations: Iterable[Any], progress: bool) -> None:
         for index, ann in enumerate(
@@ -403,14 +455,11 @@ class _AnnotationChecker:
             if not isinstance(ann, dict):
                 self.report.add(f"{where}: must be a json object")
                 continue
-            if _is_int(ann_id):
-                self.ids.append(ann_id)
-            else:
-                self.report.add(f"{where}: field 'id' must be an int")
+            _add_id(self.ids, ann_id, index, where, self.report)
             self._check_one(ann, where)
         self._check_batch()
-        self.report.num_images_without_annotations = len(
-            set(self.image_sizes) - self.annotated_images
+        self.report.num_images_without_annotations = (
+            self.image_sizes.num_distinct() - self.annotated_images.num_distinct()
         )
         self._check_duplicate_ids()
         self._check_embedding_rows()
@@ -422,17 +471,20 @@ class _AnnotationChecker:
             pending.clear()
 
     def _check_duplicate_ids(self) -> None:
-        values, counts = np.unique(np.frombuffer(self.ids, dtype=np.int64), return_counts=True)
-        for value, count in zip(values[counts > 1], counts[counts > 1], strict=True):
-            self.report.add(f"annotation id={value}: field 'id' is duplicated ({count} times)")
+        for repeat in self.ids.repeats():
+            also = f", as are ids up to {repeat.last}" if repeat.last > repeat.first else ""
+            self.report.add(
+                f"annotation id={repeat.first}: field 'id' is duplicated (again at annotation "
+                f"#{repeat.position}{also})"
+            )
 
     def _check_embedding_rows(self) -> None:
         """``emb_row``: one distinct row of an existing float16 store per annotation naming
         one, the store holding exactly those rows, of finite values."""
-        if not self.rows:
+        rows = self.rows
+        if not rows:
             return
         add = self.report.add
-        rows = np.frombuffer(self.rows, dtype=np.int64)
         path = self.embedding_store
         if path is None or not Path(path).is_file():
             add(
@@ -453,15 +505,18 @@ class _AnnotationChecker:
                 f"{path}: holds {len(store)} rows but {len(rows)} annotations name one (the store "
                 "of another file, or cut short)"
             )
-        beyond = np.flatnonzero(rows >= len(store))
-        if beyond.size:
+        starts, ends = rows.distinct()
+        beyond = np.maximum(ends - np.maximum(starts, len(store)), 0)
+        if beyond.any():
+            first = np.maximum(starts, len(store))[beyond > 0]
             add(
-                f"{path}: {beyond.size} annotations name rows beyond its {len(store)}, e.g. "
-                f"{rows[beyond[:3]].tolist()}"
+                f"{path}: {int(beyond.sum())} rows beyond its {len(store)} are named, e.g. "
+                f"{first[:3].tolist()}"
             )
-        values, counts = np.unique(rows, return_counts=True)
-        if (counts > 1).any():
-            add(f"{path}: rows {values[counts > 1][:3].tolist()} are named by several annotations")
+        repeats = rows.repeats()
+        if repeats:
+            named = [repeat.first for repeat in repeats[:3]]
+            add(f"{path}: rows {named} are named by several annotations")
         if self.embeddings or self.report.embedding_dim:
             add(f"{path}: the file mixes inline '{EMBEDDING_KEY}' lists and store rows")
         self.report.embedding_dim = int(store.shape[1])
@@ -473,11 +528,9 @@ class _AnnotationChecker:
     def _check_one(self, ann: dict, where: str) -> None:
         add = self.report.add
         image_id = ann.get("image_id")
-        size = self.image_sizes.get(image_id) if _is_int(image_id) else None
+        size = self._image_size(image_id)
         if size is None:
             add(f"{where}: field 'image_id' {image_id!r} is not a known image with a valid size")
-        else:
-            self.annotated_images.add(image_id)
         category_id = ann.get("category_id")
         if not _is_int(category_id):
             add(f"{where}: field 'category_id' must be an int, got {category_id!r}")
@@ -500,8 +553,8 @@ class _AnnotationChecker:
                 add(f"{where}: field '{EMBEDDING_KEY}' must be a non-empty list of floats")
         if EMBEDDING_ROW_KEY in ann:
             row = ann[EMBEDDING_ROW_KEY]
-            if _is_int(row) and row >= 0:
-                self.rows.append(row)
+            if _is_int(row) and 0 <= row < 2**63:
+                self.rows.add(row)
             else:
                 add(f"{where}: field '{EMBEDDING_ROW_KEY}' must be an int >= 0, got {row!r}")
         bbox = ann.get("bbox")
@@ -512,6 +565,19 @@ class _AnnotationChecker:
         elif size is not None:
             self.boxes.append((where, size, bbox))
         self._check_segmentation_structure(ann.get("segmentation"), where, size)
+
+    def _image_size(self, image_id: Any) -> tuple[int, int] | None:
+        """(height, width) of a known image with a valid size; annotations come grouped by
+        image, so the last answer is kept and each image joins ``annotated_images`` once."""
+        last_id, last_size = self._last_image
+        if image_id == last_id and _is_int(image_id):
+            return last_size
+        packed = self.image_sizes.lookup(image_id) if _is_int(image_id) else None
+        size = None if packed is None else _unpack_size(packed)
+        if size is not None:
+            self.annotated_images.add(image_id)
+        self._last_image = (image_id, size)
+        return size
 
     def _check_segmentation_structure(self, seg: Any, where: str, size: tuple | None) -> None:
         add = self.report.add
