@@ -30,6 +30,9 @@ setup(
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval>=1.6"],
+        # PROPOSALS.REFINE.BACKEND "pydensecrf": the reference dense CRF (a maintained fork of
+        # pydensecrf; built from source, needs a C++ compiler). The "torch" backend needs nothing.
+        "crf": ["pydensecrf2>=1.1"],
         # scikit-learn and scipy: the reference implementations tests and benchmarks compare to.
         "test": [
             "pytest>=7",

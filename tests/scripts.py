@@ -4,6 +4,7 @@ would pay a full torch import each time), and a way to kill one of them mid-run.
 import importlib.util
 import multiprocessing
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """Import ``REPO/relative_path`` (e.g. "tools/train_net.py") as a fresh module."""
+    """Import ``REPO/relative_path`` (e.g. "tools/train_net.py") as a fresh module, registered
+    in ``sys.modules`` while it runs (dataclasses look their module up there)."""
     path = REPO / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -3,6 +3,7 @@ are the ones the evaluation files hold (read back, and recomputed from the predi
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -87,3 +88,27 @@ def test_rerun_skips_finished_steps_and_keeps_results(demo, capsys):
     assert len(again["run"]["skipped_steps"]) == printed.count("already done")
     methods = {name: m for name, m in again.items() if name != "run"}
     assert json.dumps(methods) == json.dumps({n: m for n, m in metrics.items() if n != "run"})
+
+
+def test_generators_and_detectors_are_compared_side_by_side(demo, tmp_path, monkeypatch):
+    """The grid run resumes from a copy of the default run: only the new pipelines run, and
+    the report shows every generator's proposals and every trained pair."""
+    out, root, metrics, args = demo
+    grid_out = tmp_path / "grid"
+    shutil.copytree(out, grid_out)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    grid_args = ["--output", str(grid_out), *args[2:]]
+    grid_args += ["--generators", "spectral", "maskcut", "--detectors", "solov2", "mask_rcnn"]
+    grid = run_demo.main([*grid_args, "--train-opts", *TINY_TRAINING])
+    expected = {"proposals", "proposals_maskcut", "trained", "trained_spectral_mask_rcnn"}
+    expected |= {"trained_maskcut_solov2", "trained_maskcut_mask_rcnn"}
+    assert set(grid) - {"run"} == expected
+    assert grid["trained"] == metrics["trained"]  # resumed, not retrained
+    assert "training + evaluation" in grid["run"]["skipped_steps"]
+    rows = _table_rows((grid_out / "index.html").read_text())
+    assert set(rows) == expected
+    config = (grid_out / "train_maskcut_mask_rcnn/round1/config.yaml").read_text()
+    assert "synthetic_train_pseudo_maskcut" in config and "GeneralizedRCNN" in config
+    pseudo = json.loads((root / "synthetic/pseudo/train_maskcut.json").read_text())
+    assert "MaskCutGenerator" in json.dumps(pseudo["info"])
+    assert (grid_out / "curves/losses_maskcut_mask_rcnn_round1.png").stat().st_size > 0

@@ -10,7 +10,7 @@ import torch
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 
 # isort: split
-from training_cases import EMBED_DIM, tiny_training_cfg
+from training_cases import EMBED_DIM, eval_only, tiny_training_cfg
 
 from scripts import load_script
 from uis_d2.engine import Trainer, check_runtime
@@ -66,19 +66,8 @@ def test_train_then_evaluate_then_resume(tmp_path):
     assert loss_iterations == [1, 3]
 
     # tools/train_net.py --eval-only on the trained model, from a dumped config file.
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(tiny_training_cfg(tmp_path / "eval").dump())
-    train_net = _load_train_net()
-    args = train_net.default_argument_parser().parse_args(
-        [
-            "--config-file",
-            str(config_file),
-            "--eval-only",
-            "MODEL.WEIGHTS",
-            str(out / "model_final.pth"),
-        ]
-    )
-    results = train_net.main(args)
+    cfg = tiny_training_cfg(tmp_path / "eval")
+    results = eval_only(cfg, out / "model_final.pth", tmp_path / "config.yaml")
     assert set(METRIC_KEYS) <= set(results["segm"])
 
 

@@ -79,3 +79,14 @@ def tiny_training_cfg(output_dir: Path, max_iter: int = 2):
     cfg.SEED = 0
     cfg.OUTPUT_DIR = str(output_dir)
     return cfg
+
+
+def eval_only(cfg, weights: Path, config_file: Path) -> dict:
+    """``tools/train_net.py --eval-only MODEL.WEIGHTS weights`` on ``cfg`` dumped to a file, as a
+    user reruns an evaluation later."""
+    from scripts import load_script
+
+    config_file.write_text(cfg.dump())
+    train_net = load_script("tools/train_net.py")
+    argv = ["--config-file", str(config_file), "--eval-only", "MODEL.WEIGHTS", str(weights)]
+    return train_net.main(train_net.default_argument_parser().parse_args(argv))

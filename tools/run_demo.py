@@ -4,6 +4,11 @@
 generate data -> proposals (weight-free extractor) -> Table 1 analysis -> train SOLOv2 with the
 FreeSOLO losses -> class-agnostic evaluation on synthetic_val -> pictures, metrics.json, index.html.
 
+``--generators`` and ``--detectors`` compare pipelines side by side: every named generator's
+proposals, and a detector trained on each generator's proposals, in one report (e.g.
+``--generators spectral maskcut --detectors solov2 mask_rcnn``). The default is the single
+spectral + SOLOv2 run, whose names and paths are the plain ones ("proposals", "trained", train/).
+
 Each step is a call of the project's own command-line tool, so the demo exercises exactly what a
 user runs, and each step is skipped when its output already exists (rerun = resume).
 """
@@ -11,6 +16,7 @@ user runs, and each step is skipped when its output already exists (rerun = resu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -33,8 +39,67 @@ from uis_d2.utils.files import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
-PROPOSAL_CONFIG = REPO / "configs/proposals/synthetic.yaml"
-TRAIN_CONFIG = REPO / "configs/synthetic/solov2_freesolo_cpu.yaml"
+GENERATOR_CONFIGS = {
+    "spectral": REPO / "configs/proposals/synthetic.yaml",
+    "maskcut": REPO / "configs/proposals/synthetic_maskcut.yaml",
+}
+DETECTOR_CONFIGS = {
+    "solov2": REPO / "configs/synthetic/solov2_freesolo_cpu.yaml",
+    "mask_rcnn": REPO / "configs/synthetic/mask_rcnn_R18_cpu.yaml",
+    "cascade": REPO / "configs/synthetic/cascade_mask_rcnn_R18_cpu.yaml",
+}
+DEFAULT_GENERATOR, DEFAULT_DETECTOR = "spectral", "solov2"
+
+
+def _suffix(*names: str, defaults: tuple[str, ...]) -> str:
+    """ "" for the default pipeline, else "_" + its names (keeps the default run's paths)."""
+    return "" if names == defaults else "_" + "_".join(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposals:
+    """One generator's proposals: the training set's (the detectors' labels) and val's."""
+
+    generator: str
+    out: Path
+    synthetic: Path
+
+    @property
+    def name(self) -> str:
+        return "proposals" + _suffix(self.generator, defaults=(DEFAULT_GENERATOR,))
+
+    @property
+    def train_dataset(self) -> str:
+        return "synthetic_train_pseudo" + _suffix(self.generator, defaults=(DEFAULT_GENERATOR,))
+
+    @property
+    def train_json(self) -> Path:
+        suffix = _suffix(self.generator, defaults=(DEFAULT_GENERATOR,))
+        return self.synthetic / f"pseudo/train{suffix}.json"
+
+    @property
+    def val_json(self) -> Path:
+        return self.out / self.name / "val.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """A detector trained on one generator's proposals."""
+
+    proposals: Proposals
+    detector: str
+
+    @property
+    def suffix(self) -> str:
+        pipeline = (self.proposals.generator, self.detector)
+        return _suffix(*pipeline, defaults=(DEFAULT_GENERATOR, DEFAULT_DETECTOR))
+
+    def name(self, round_index: int) -> str:
+        return "trained" + self.suffix + ("" if round_index == 1 else f"_round{round_index}")
+
+    @property
+    def train_dir(self) -> Path:
+        return self.proposals.out / f"train{self.suffix}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1, help="self-training rounds (FreeSOLO: 2)")
+    parser.add_argument(
+        "--generators", nargs="+", choices=sorted(GENERATOR_CONFIGS), default=[DEFAULT_GENERATOR]
+    )
+    parser.add_argument(
+        "--detectors", nargs="+", choices=sorted(DETECTOR_CONFIGS), default=[DEFAULT_DETECTOR]
+    )
     parser.add_argument("--num-overlays", type=int, default=8)
     parser.add_argument(
         "--overlay-score",
@@ -151,6 +222,47 @@ def evaluate(gt: Path, pred: Path, out: Path, steps: Steps) -> dict:
     return json.loads(out.read_text())
 
 
+def generate_proposals(proposals: Proposals, args: argparse.Namespace, steps: Steps) -> None:
+    """The generator's proposals for the training set and, with pictures, for val."""
+    config = GENERATOR_CONFIGS[proposals.generator]
+    for dataset, target, vis in (
+        ("synthetic_train", proposals.train_json, 0),
+        ("synthetic_val", proposals.val_json, args.num_overlays),
+    ):
+        command = [TOOLS / "generate_proposals.py", "--config-file", config]
+        command += ["--dataset", dataset, "--output", target, "--vis", vis]
+        title = f"{proposals.generator} proposals for {dataset}"
+        steps.run(title.removeprefix(f"{DEFAULT_GENERATOR} "), command, target)
+
+
+def analysis_dir(generators: list[Proposals], out: Path) -> Path:
+    names = tuple(p.generator for p in generators)
+    return out / ("analysis" + _suffix(*names, defaults=(DEFAULT_GENERATOR,)))
+
+
+def analyse_proposals(generators: list[Proposals], gt_val: Path, out: Path, steps: Steps) -> None:
+    """The Table 1 split of every generator's val proposals, side by side."""
+    analysis = analysis_dir(generators, out)
+    command = [TOOLS / "analyze_proposals.py", "--proposals", *[p.val_json for p in generators]]
+    command += ["--names", *[p.name for p in generators], "--gt", gt_val, "--out", analysis]
+    steps.run("proposal analysis (Table 1)", command, analysis / "recall_by_count.json")
+
+
+def train(training: Training, args: argparse.Namespace, steps: Steps) -> None:
+    """Train (and evaluate) the detector on its generator's training proposals."""
+    proposals = training.proposals
+    command = [TOOLS / "train_net.py", "--config-file", DETECTOR_CONFIGS[training.detector]]
+    command += ["OUTPUT_DIR", training.train_dir, "SELF_TRAINING.ROUNDS", args.rounds]
+    if proposals.generator != DEFAULT_GENERATOR:
+        image_root = proposals.synthetic / "train"
+        register = [[proposals.train_dataset, str(proposals.train_json), str(image_root)]]
+        command += ["INPUT.PSEUDO_MASKS.REGISTER", repr(register)]
+        command += ["DATASETS.TRAIN", repr((proposals.train_dataset,))]
+    command += args.train_opts
+    title = "training + evaluation" + training.suffix.replace("_", " ")
+    steps.run(title, command, predictions_path(training.train_dir, args.rounds))
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Returns what it writes to metrics.json: each method's metrics, and ``run``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -166,61 +278,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     ensure_synthetic(synthetic, args, steps)
     gt_val = synthetic / "annotations/val.json"
-    pseudo_train = synthetic / "pseudo/train.json"
-    proposals_val = out / "proposals/val.json"
-    for dataset, target, vis in (
-        ("synthetic_train", pseudo_train, 0),
-        ("synthetic_val", proposals_val, args.num_overlays),
-    ):
-        command = [
-            TOOLS / "generate_proposals.py",
-            "--config-file",
-            PROPOSAL_CONFIG,
-            "--dataset",
-            dataset,
-            "--output",
-            target,
-            "--vis",
-            vis,
-        ]
-        steps.run(f"proposals for {dataset}", command, target)
-
-    analysis = out / "analysis"
-    steps.run(
-        "proposal analysis (Table 1)",
-        [
-            TOOLS / "analyze_proposals.py",
-            "--proposals",
-            proposals_val,
-            "--gt",
-            gt_val,
-            "--out",
-            analysis,
-        ],
-        analysis / "recall_by_count.json",
-    )
-    metrics = {"proposals": evaluate(gt_val, proposals_val, out / "metrics_proposals.json", steps)}
-
-    train_dir = out / "train"
-    command = [
-        TOOLS / "train_net.py",
-        "--config-file",
-        TRAIN_CONFIG,
-        "OUTPUT_DIR",
-        train_dir,
-        "SELF_TRAINING.ROUNDS",
-        args.rounds,
-        *args.train_opts,
-    ]
-    predictions = predictions_path(train_dir, args.rounds)
-    steps.run("training + evaluation", command, predictions)
-    for r in range(1, args.rounds + 1):  # the trainer evaluated them with evaluate_agnostic
-        name = "trained" if r == 1 else f"trained_round{r}"
-        metrics_file = evaluation_dir(train_dir, r) / "class_agnostic_metrics.json"
-        metrics[name] = json.loads(metrics_file.read_text())
+    generators = [Proposals(g, out, synthetic) for g in dict.fromkeys(args.generators)]
+    trainings = [Training(p, d) for p in generators for d in dict.fromkeys(args.detectors)]
+    metrics = {}
+    for proposals in generators:
+        generate_proposals(proposals, args, steps)
+        metrics[proposals.name] = evaluate(
+            gt_val, proposals.val_json, out / f"metrics_{proposals.name}.json", steps
+        )
+    analyse_proposals(generators, gt_val, out, steps)
+    for training in trainings:
+        train(training, args, steps)
+        for r in range(1, args.rounds + 1):  # the trainer evaluated them with evaluate_agnostic
+            metrics_file = evaluation_dir(training.train_dir, r) / "class_agnostic_metrics.json"
+            metrics[training.name(r)] = json.loads(metrics_file.read_text())
 
     summary = {name: m["segm"] for name, m in metrics.items()}
-    write_pictures_and_report(out, synthetic, gt_val, proposals_val, train_dir, args, summary)
+    write_pictures_and_report(out, synthetic, gt_val, generators, trainings, args, summary)
     total = time.perf_counter() - started
     metrics["run"] = run_record(argv, steps, started_at, total)
     atomic_write_json(out / "metrics.json", metrics, indent=2)
@@ -233,43 +307,45 @@ def write_pictures_and_report(
     out: Path,
     synthetic: Path,
     gt_val: Path,
-    proposals_val: Path,
-    train_dir: Path,
+    generators: list[Proposals],
+    trainings: list[Training],
     args: argparse.Namespace,
     summary: dict[str, dict[str, float]],
 ) -> None:
     gt = json.loads(gt_val.read_text())
-    panels = {"proposals": annotations_by_image(json.loads(proposals_val.read_text()))}
-    for r in range(1, args.rounds + 1):
-        pred = json.loads(predictions_path(train_dir, r).read_text())
-        panels[f"trained r{r} (score>={args.overlay_score})"] = annotations_by_image(
-            pred, min_score=args.overlay_score
-        )
+    panels = {p.name: annotations_by_image(json.loads(p.val_json.read_text())) for p in generators}
+    curves = []
+    for training in trainings:
+        for r in range(1, args.rounds + 1):
+            pred = json.loads(predictions_path(training.train_dir, r).read_text())
+            panels[f"{training.name(r)} (score>={args.overlay_score})"] = annotations_by_image(
+                pred, min_score=args.overlay_score
+            )
+            curves.append(
+                plot_loss_curves(
+                    training.train_dir / f"round{r}/metrics.json",
+                    out / f"curves/losses{training.suffix}_round{r}.png",
+                    f"training losses, {training.name(r)}, round {r}",
+                )
+            )
     image_ids = sorted(img["id"] for img in gt["images"])[: args.num_overlays]
     overlays = write_comparison_grids(gt, panels, synthetic / "val", out / "overlays", image_ids)
-    curves = [
-        plot_loss_curves(
-            train_dir / f"round{r}/metrics.json",
-            out / f"curves/losses_round{r}.png",
-            f"training losses, round {r}",
-        )
-        for r in range(1, args.rounds + 1)
-    ]
     sections = [
         ("Ground truth | raw proposals | trained model", overlays),
         (
             "Proposal analysis: recall by instances of one category (Table 1)",
-            sorted((out / "analysis").glob("*.png")),
+            sorted(analysis_dir(generators, out).glob("*.png")),
         ),
         ("Training losses", curves),
         (
             "Proposal generation: masks for every k, saliency, kept proposals",
-            sorted((out / "proposals").rglob("*.png")),
+            sorted(png for p in generators for png in p.val_json.parent.rglob("*.png")),
         ),
     ]
     notes = [
         f"Command: python tools/run_demo.py --output {args.output} --num-train {args.num_train} "
-        f"--num-val {args.num_val} --seed {args.seed} --rounds {args.rounds}",
+        f"--num-val {args.num_val} --seed {args.seed} --rounds {args.rounds} --generators "
+        f"{' '.join(args.generators)} --detectors {' '.join(args.detectors)}",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}.",
     ]
     write_report(out, summary, sections, notes)

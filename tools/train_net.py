@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train SOLOv2 on pseudo-masks (with FreeSOLO self-training rounds), or evaluate a model.
+"""Train SOLOv2, Mask R-CNN or Cascade Mask R-CNN on pseudo-masks (with self-training rounds),
+or evaluate a model.
 
     tools/train_net.py --config-file configs/coco/solov2_R101_densecl_engstler.yaml
     tools/train_net.py --config-file CFG --num-gpus 4 [--resume] [KEY VALUE ...]

@@ -118,6 +118,10 @@ def add_input_config(cfg: CN) -> None:
     # Pseudo-label jsons registered before training as [name, json_file, image_root] triples, so
     # that DATASETS.TRAIN can name them; relative paths are under $DETECTRON2_DATASETS (open).
     cfg.INPUT.PSEUDO_MASKS.REGISTER = []
+    # Give the model each mask's embedding (gt_embeddings, the target of FreeSOLO's L_sem) and
+    # size MODEL.SOLOV2.EMBED_DIM 0 from them; the R-CNN configs set False: their heads have no
+    # use for embeddings, so the store is not read (open).
+    cfg.INPUT.PSEUDO_MASKS.EMBEDDINGS = True
 
     cfg.INPUT.COPY_PASTE = CN()
     # Paste instances of another training image into the current one (paper, A.2.1).
@@ -217,6 +221,65 @@ def add_proposals_config(cfg: CN) -> None:
     # Drop masks centred in the image's top 20% or spanning >= 95% of its width (ref heuristics).
     p.FREE_MASK.DROP_BORDER_MASKS = True
 
+    # CutLER's MaskCut (GENERATOR "MaskCutGenerator"; features from PROPOSALS.EXTRACTOR, whose
+    # SHORT_SIDE/MAX_SIDE it ignores: it resizes every image to a square itself).
+    p.MASKCUT = CN()
+    # Masks (cuts) per image (ref CutLER README: 3; its demo uses 6).
+    p.MASKCUT.NUM_MASKS = 3
+    # Side of the square model input, aspect not kept (ref: 480 -> 60 x 60 patches with ViT/8);
+    # 0 keeps each image's size (rounded to the patch grid).
+    p.MASKCUT.INPUT_SIZE = 480
+    # Affinity: 1 where the cosine of two patches' keys exceeds TAU, else EPS (ref README and
+    # released annotations: 0.15; the script's default is 0.2).
+    p.MASKCUT.TAU = 0.15
+    p.MASKCUT.EPS = 1e-5
+    # The bipartition (v > mean) is flipped when at least this many of the 4 corner patches lie
+    # in it (ref: 3).
+    p.MASKCUT.CORNER_LIMIT = 3
+    # Cut t > 1 is rejected when its IoU with the previous cut exceeds this (ref: 0.5) ...
+    p.MASKCUT.MAX_IOU_WITH_PREVIOUS = 0.5
+    # ... or when it covers at most this fraction of the patches (ref: 0.01).
+    p.MASKCUT.MIN_PATCH_FRACTION = 0.01
+    # Eigensolver of the normalised operator: "auto" (block Krylov on a CPU, subspace iteration
+    # on a GPU), "krylov", "subspace", or "eigh" (dense, exact; the reference's cost) (open).
+    p.MASKCUT.SOLVER = "auto"
+    # Residual ||A'v - mu v|| the iterative solvers stop at (open; benchmarks/bench_maskcut.py
+    # measures the agreement with the dense reference).
+    p.MASKCUT.TOL = 1e-4
+    # Score of cut t (1-based): "constant" = 1.0 for every mask (CutLER writes none) or
+    # "cut_order" = 1 / t, so rankings (AP, NMS, MIN_SCORE) prefer earlier cuts (open).
+    p.MASKCUT.SCORE = "cut_order"
+
+    # Dense-CRF refinement of every generator's masks before they are written
+    # (proposals/refine.py, proposals/dense_crf.py): CutLER's MaskCut post-processing.
+    p.REFINE = CN()
+    # Refine (ref CutLER maskcut: always; open: off, so runs without it keep their masks).
+    p.REFINE.ENABLED = False
+    # "torch" (built in, CPU or GPU, appearance kernel on a sparse 5-D grid) or "pydensecrf"
+    # (the reference C++ permutohedral lattice, CPU; needs `pip install -e .[crf]`) (open).
+    p.REFINE.BACKEND = "torch"
+    # Mean-field iterations (ref CutLER maskcut: 10).
+    p.REFINE.ITERS = 10
+    # Smoothness kernel over (x, y): standard deviation in pixels (ref CutLER maskcut: 3) and
+    # Potts weight (ref CutLER maskcut: 7).
+    p.REFINE.GAUSSIAN_SXY = 3.0
+    p.REFINE.GAUSSIAN_COMPAT = 7.0
+    # Appearance kernel over (x, y, r, g, b): standard deviations in pixels (ref CutLER maskcut:
+    # 50) and in 0-255 colour units (ref CutLER maskcut: 5), Potts weight (ref CutLER maskcut:
+    # 10).
+    p.REFINE.BILATERAL_SXY = 50.0
+    p.REFINE.BILATERAL_SRGB = 5.0
+    p.REFINE.BILATERAL_COMPAT = 10.0
+    # The CRF runs on the image resized, aspect kept, so its long side is at most this many
+    # pixels (0 = the image's own size); the SXY values are in these pixels (open: CutLER runs
+    # it on its 480 x 480 input, aspect not kept; the torch backend's memory grows with it).
+    p.REFINE.MAX_SIDE = 480
+    # Fill the holes of each refined mask (ref CutLER maskcut: binary_fill_holes).
+    p.REFINE.FILL_HOLES = True
+    # Drop a mask whose refined version has IoU < this with the coarse one (ref CutLER
+    # maskcut: 0.5).
+    p.REFINE.MIN_IOU = 0.5
+
 
 def add_self_training_config(cfg: CN) -> None:
     """FreeSOLO-style self-training rounds."""
@@ -227,6 +290,27 @@ def add_self_training_config(cfg: CN) -> None:
     cfg.SELF_TRAINING.SCORE_THRESH = 0.3
     # Predictions kept per image for the next round (open).
     cfg.SELF_TRAINING.MAX_PER_IMAGE = 100
+    # Per-round thresholds instead of SCORE_THRESH: entry r-1 selects round r's predictions for
+    # round r+1, so it needs ROUNDS - 1 entries; [] = SCORE_THRESH in every round (ref CutLER:
+    # [0.7, 0.65]).
+    cfg.SELF_TRAINING.SCORE_THRESHS = []
+    # Next round's labels: "none" = the selected predictions only (FreeSOLO); "cutler" = plus
+    # the round's own training masks whose mask IoU with every selected prediction of their
+    # image is < MERGE_IOU_THRESH (ref CutLER).
+    cfg.SELF_TRAINING.MERGE = "none"
+    cfg.SELF_TRAINING.MERGE_IOU_THRESH = 0.5  # (ref CutLER: 0.5)
+
+
+def add_rcnn_config(cfg: CN) -> None:
+    """DropLoss for detectron2's R-CNN heads on pseudo-masks (modeling/roi_heads/drop_loss.py)."""
+    cfg.MODEL.ROI_HEADS.DROPLOSS = CN()
+    # Used by the "DropLossROIHeads" / "DropLossCascadeROIHeads" heads only (CutLER's
+    # USE_DROPLOSS): False makes them train as detectron2's heads. Self-training turns it off in
+    # rounds r > 1 (ref CutLER).
+    cfg.MODEL.ROI_HEADS.DROPLOSS.ENABLED = True
+    # A proposal whose regressed box has IoU <= this with every pseudo-box of its image gets no
+    # classification or box loss (ref CutLER: DROPLOSS_IOU_THRESH 0.01).
+    cfg.MODEL.ROI_HEADS.DROPLOSS.IOU_THRESH = 0.01
 
 
 def add_uis_config(cfg: CN) -> None:
@@ -236,3 +320,4 @@ def add_uis_config(cfg: CN) -> None:
     add_input_config(cfg)
     add_proposals_config(cfg)
     add_self_training_config(cfg)
+    add_rcnn_config(cfg)

@@ -10,10 +10,12 @@ from detectron2.config import get_cfg as get_detectron2_cfg
 
 from uis_d2.config.defaults import add_uis_config
 from uis_d2.data.image_io import BAD_IMAGE_POLICIES
+from uis_d2.data.label_merge import MERGE_MODES
 from uis_d2.features import CHECKPOINT_FORMATS, RESNET_STAGES
 from uis_d2.layers.matrix_nms import NMS_KERNELS
 from uis_d2.modeling.solov2.heads import NORMS
 from uis_d2.modeling.solov2.losses import LOSS_MODES, LOSS_REDUCTIONS
+from uis_d2.proposals.dense_crf import CRF_BACKENDS
 
 
 class ConfigError(ValueError):
@@ -140,6 +142,12 @@ def validate_uis_config(cfg: CfgNode) -> None:
         "must equal MODEL.SOLOV2.NUM_KERNELS (1x1 dynamic kernels)",
     )
     _check_positive(cfg, s + "EMBED_DIM", allow_zero=True)
+    _check(
+        cfg.MODEL.SOLOV2.EMBED_DIM == 0 or cfg.INPUT.PSEUDO_MASKS.EMBEDDINGS,
+        s + "EMBED_DIM",
+        cfg.MODEL.SOLOV2.EMBED_DIM,
+        "needs INPUT.PSEUDO_MASKS.EMBEDDINGS True (the embedding head would get no targets)",
+    )
     for key in ("SIGMA", "PRIOR_PROB", "SCORE_THR", "MASK_THR", "UPDATE_THR"):
         _check_fraction(cfg, s + key)
     _check_choice(cfg, s + "NMS_KERNEL", NMS_KERNELS)
@@ -231,7 +239,26 @@ def validate_uis_config(cfg: CfgNode) -> None:
         _check_choice(cfg, prefix + "RESNET_STAGE", RESNET_STAGES)
         _check_choice(cfg, prefix + "CHECKPOINT_FORMAT", CHECKPOINT_FORMATS)
         _check_positive(cfg, prefix + "PATCH_SIZE")
+    refine = p + "REFINE."
+    _check_choice(cfg, refine + "BACKEND", CRF_BACKENDS)
+    for key in ("ITERS", "GAUSSIAN_COMPAT", "BILATERAL_COMPAT", "MAX_SIDE"):
+        _check_positive(cfg, refine + key, allow_zero=True)
+    for key in ("GAUSSIAN_SXY", "BILATERAL_SXY", "BILATERAL_SRGB"):
+        _check_positive(cfg, refine + key)
+    _check_fraction(cfg, refine + "MIN_IOU")
 
     _check_positive(cfg, "SELF_TRAINING.ROUNDS")
     _check_fraction(cfg, "SELF_TRAINING.SCORE_THRESH")
     _check_positive(cfg, "SELF_TRAINING.MAX_PER_IMAGE")
+    thresholds = cfg.SELF_TRAINING.SCORE_THRESHS
+    _check(
+        all(0.0 <= float(t) <= 1.0 for t in thresholds)
+        and (not thresholds or len(thresholds) >= cfg.SELF_TRAINING.ROUNDS - 1),
+        "SELF_TRAINING.SCORE_THRESHS",
+        thresholds,
+        f"needs a threshold in [0, 1] for each of the ROUNDS - 1 = "
+        f"{cfg.SELF_TRAINING.ROUNDS - 1} labelling passes, or [] for SCORE_THRESH",
+    )
+    _check_choice(cfg, "SELF_TRAINING.MERGE", MERGE_MODES)
+    _check_fraction(cfg, "SELF_TRAINING.MERGE_IOU_THRESH")
+    _check_fraction(cfg, "MODEL.ROI_HEADS.DROPLOSS.IOU_THRESH")

@@ -60,7 +60,8 @@ def decode_annotations(
     embeddings: EmbeddingLookup | None = None,
 ) -> PseudoInstances:
     """Decode RLE / polygon pseudo-masks, dropping crowd regions, low scores and tiny masks;
-    ``embeddings`` reads the kept masks' embeddings (from the file's store or inline).
+    ``embeddings`` reads the kept masks' embeddings (from the file's store or inline); None
+    reads none.
 
     A missing score counts as 1.0, so ground-truth jsons can be used as pseudo-labels.
     """
@@ -79,7 +80,7 @@ def decode_annotations(
         classes.append(0 if class_agnostic else int(annotation.get("category_id", 0)))
         kept.append(annotation)
     try:
-        kept_embeddings = (embeddings or EmbeddingLookup(None)).embeddings(kept)
+        kept_embeddings = None if embeddings is None else embeddings.embeddings(kept)
     except ValueError as err:
         raise ValueError(f"{file_name}: {err}") from err
     return PseudoInstances(
@@ -109,8 +110,10 @@ class PseudoMaskDatasetMapper:
     """Callable turning a detectron2 dataset dict into the model's input dict.
 
     Training output: ``image`` (uint8 C,H,W tensor in ``image_format``), ``instances`` with
-    gt_masks (BitMasks), gt_boxes (from the masks), gt_classes, gt_scores and, when the labels
-    carry embeddings, gt_embeddings (N, D); plus ``height``/``width`` of the original image.
+    gt_masks (BitMasks), gt_boxes (from the masks), gt_classes, gt_scores and, when
+    ``embedding_dim`` > 0 and the labels carry embeddings, gt_embeddings (N, D); plus
+    ``height``/``width`` of the original image. What GeneralizedRCNN reads (image, gt_boxes,
+    gt_classes, gt_masks) is in every output; its heads carry the other fields along unused.
     Returning None for an unreadable training image lets detectron2's ``MapDataset`` retry
     another index. Randomness is drawn from ``np.random``, which detectron2 seeds per worker,
     so the mapper holds no mutable state and works with any number of workers.
@@ -139,6 +142,8 @@ class PseudoMaskDatasetMapper:
                 training set itself); copy-paste is off when None or empty.
             skip_bad_at_inference: let the skip policy apply at inference too (labelling the
                 training images for self-training); evaluation keeps it off.
+            embedding_dim: width of the model's embedding head; 0 (none) = embeddings are
+                neither read nor emitted (INPUT.PSEUDO_MASKS.EMBEDDINGS False gives 0).
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT = {image_format!r}: the mapper reads RGB or BGR only")
@@ -190,7 +195,9 @@ class PseudoMaskDatasetMapper:
             ),
             "copy_paste_sources": copy_paste_sources,
             "bad_image_policy": cfg.INPUT.BAD_IMAGE_POLICY,
-            "embedding_dim": cfg.MODEL.SOLOV2.EMBED_DIM,
+            "embedding_dim": (
+                cfg.MODEL.SOLOV2.EMBED_DIM if cfg.INPUT.PSEUDO_MASKS.EMBEDDINGS else 0
+            ),
         }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
@@ -231,8 +238,10 @@ class PseudoMaskDatasetMapper:
         height: int,
         width: int,
     ) -> PseudoInstances:
-        """The pseudo-masks of a dataset record; embeddings come from the record's file's store
-        (``embedding_store``), of which only this image's rows are read, or inline."""
+        """The pseudo-masks of a dataset record; embeddings (when the model has an embedding
+        head) come from the record's file's store (``embedding_store``), of which only this
+        image's rows are read, or inline."""
+        store = record.get("embedding_store")
         return decode_annotations(
             annotations,
             height,
@@ -241,7 +250,7 @@ class PseudoMaskDatasetMapper:
             min_area=self.min_area,
             class_agnostic=self.class_agnostic,
             file_name=record["file_name"],
-            embeddings=EmbeddingLookup(record.get("embedding_store")),
+            embeddings=EmbeddingLookup(store) if self.embedding_dim > 0 else None,
         )
 
     def _copy_paste(

@@ -4,6 +4,7 @@ A malformed pseudo-label json otherwise fails inside a data-loader worker when t
 annotation is drawn, possibly hours into training, with an error that does not name the file;
 a malformed ground truth fails only at the final evaluation. Checking the files once, in the
 launching process, turns both into a start-up error naming file, annotation id and field.
+A training file without masks (a box-only detection json) gets one line saying so first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Iterable, Iterator
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
-from uis_d2.data.validation import check_coco_json
+from uis_d2.data.pseudo_labels import iter_json
+from uis_d2.data.validation import AnnotationError, ValidationReport, check_coco_json
 
 logger = logging.getLogger(__name__)
 
@@ -60,5 +62,28 @@ def validate_datasets(cfg: CfgNode, train: bool = True) -> None:
     """
     train_names = cfg.DATASETS.TRAIN if train else ()
     for name, json_file, image_root, kind in _files_to_check(train_names, cfg.DATASETS.TEST):
+        if kind == "auto":  # used for training
+            require_masks(name, json_file)
         report = check_coco_json(json_file, images_dir=image_root, kind=kind)
         logger.info(f"dataset {name}: {report.summary()}")
+
+
+def require_masks(dataset_name: str, json_file: str) -> None:
+    """Raise an AnnotationError naming the file when its first annotation has no mask.
+
+    Every model here (SOLOv2, Mask R-CNN, Cascade Mask R-CNN) trains on masks; a box-only file
+    would otherwise fail validation with one line per annotation that does not say why. Only
+    the first annotation is read; validation finds any later one without a mask.
+    """
+    try:
+        first = next(iter_json(json_file, "annotations.item"), None)
+    except ValueError:  # not valid json: validation reports it
+        return
+    if isinstance(first, dict) and not first.get("segmentation"):
+        report = ValidationReport(path=json_file, kind="pseudo")
+        report.add(
+            f"annotation id={first.get('id')!r} has no 'segmentation': training set "
+            f"{dataset_name!r} needs an instance mask (RLE or polygons) per annotation, and a "
+            "box-only detection file has none"
+        )
+        raise AnnotationError(report)

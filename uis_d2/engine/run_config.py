@@ -3,7 +3,8 @@
 - ``INPUT.PSEUDO_MASKS.REGISTER``'s pseudo-label jsons become registered datasets. detectron2's
   catalogs live in each process, so every process of a run needs the registration.
 - ``MODEL.SOLOV2.EMBED_DIM = 0`` ("as the pseudo-labels say") becomes the width of the training
-  pseudo-labels' ``emb``: the embedding head must be sized before the model is built.
+  pseudo-labels' ``emb``: the embedding head must be sized before the model is built. Not with
+  ``INPUT.PSEUDO_MASKS.EMBEDDINGS`` False (models without an embedding head, e.g. R-CNN).
 
 ``prepare_run_config`` is called by each tool once per process (tools/train_net.py,
 tools/demo.py) and by the self-training loop once per round (its training set changes). A
@@ -64,7 +65,7 @@ def prepare_run_config(cfg: CfgNode, *, require_training_data: bool = True) -> C
     register_configured_pseudo_labels(cfg)
     cfg = cfg.clone()
     cfg.defrost()
-    if cfg.MODEL.SOLOV2.EMBED_DIM == 0 and cfg.DATASETS.TRAIN:
+    if cfg.INPUT.PSEUDO_MASKS.EMBEDDINGS and cfg.MODEL.SOLOV2.EMBED_DIM == 0 and cfg.DATASETS.TRAIN:
         try:
             dims = {name: dataset_embedding_dim(name) for name in cfg.DATASETS.TRAIN}
         except (FileNotFoundError, KeyError) as err:  # KeyError: dataset not registered here

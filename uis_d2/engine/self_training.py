@@ -1,10 +1,12 @@
 """FreeSOLO self-training: train, predict on the training images, retrain on the predictions.
 
 Round r trains in OUTPUT_DIR/round{r}/ from the same initial weights (MODEL.WEIGHTS); round r > 1
-learns from round r-1's confident predictions (score >= SELF_TRAINING.SCORE_THRESH), written
-as OUTPUT_DIR/round{r-1}/pseudo_labels.json (format: data/pseudo_labels.py). With
-``resume``, finished rounds (final model, plus pseudo-labels when a later round needs them) are
-skipped and a partly trained round continues from its last checkpoint.
+learns from round r-1's confident predictions (score >= SELF_TRAINING.SCORE_THRESH, or the
+round's entry of SCORE_THRESHS), written as OUTPUT_DIR/round{r-1}/pseudo_labels.json (format:
+data/pseudo_labels.py). ``SELF_TRAINING.MERGE: cutler`` adds the round's own training masks that
+no kept prediction covers (data/label_merge.py), and DropLoss is off in rounds r > 1 (both
+CutLER). With ``resume``, finished rounds (final model, plus pseudo-labels when a later round
+needs them) are skipped and a partly trained round continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from uis_d2.data.datasets import register_pseudo_labels
+from uis_d2.data.label_merge import PreviousLabels
 from uis_d2.data.pseudo_labels import (
     EmbeddingStoreWriter,
     annotation_record,
@@ -77,7 +80,8 @@ def predictions_to_annotations(
 
 class PseudoLabelWriter(DatasetEvaluator):
     """Collects a model's confident predictions and writes them as a pseudo-label json and its
-    embedding store (data/pseudo_labels.py).
+    embedding store (data/pseudo_labels.py); ``previous`` (CutLER's merge) adds the masks of
+    the round's training set that no kept prediction covers.
 
     A ``DatasetEvaluator`` so that detectron2's ``inference_on_dataset`` supplies the loop,
     the progress log and the gathering across processes.
@@ -89,11 +93,13 @@ class PseudoLabelWriter(DatasetEvaluator):
         score_thresh: float,
         max_per_image: int,
         info: dict[str, Any],
+        previous: PreviousLabels | None = None,
     ):
         self._output_json = Path(output_json)
         self._score_thresh = score_thresh
         self._max_per_image = max_per_image
         self._info = info
+        self._previous = previous
         self._records: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -120,6 +126,8 @@ class PseudoLabelWriter(DatasetEvaluator):
         comm.synchronize()
         records = list(itertools.chain(*comm.gather(self._records, dst=0)))
         if comm.is_main_process():
+            if self._previous is not None:
+                records = self._merged(records)
             store = EmbeddingStoreWriter(self._output_json)
             coco = _to_coco(records, self._info, store)
             # The store first: a json in place means its pseudo-labels are complete.
@@ -131,6 +139,22 @@ class PseudoLabelWriter(DatasetEvaluator):
             )
         comm.synchronize()
         return {}
+
+    def _merged(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        width = next(
+            (r["embeddings"].shape[1] for r in records if r["embeddings"] is not None), None
+        )
+        merged = [self._previous.merge(record, width) for record in records]
+        logger.info(
+            f"Added {self._previous.num_added} masks of {self._previous.dataset_names} that no "
+            f"kept prediction covers (IoU < {self._previous.iou_thresh})"
+        )
+        if self._previous.num_without_embeddings:
+            logger.warning(
+                f"{self._previous.num_without_embeddings} images keep no embeddings: their added "
+                f"masks carry none of the predicted width {width}"
+            )
+        return merged
 
 
 def _to_coco(
@@ -157,24 +181,46 @@ def _to_coco(
     return {**file_header({**info, "image_root": image_root}, images), "annotations": annotations}
 
 
+def round_score_thresh(cfg: CfgNode, round_index: int) -> float:
+    """Score a prediction of round ``round_index`` needs to label round ``round_index + 1``."""
+    thresholds = cfg.SELF_TRAINING.SCORE_THRESHS
+    return thresholds[round_index - 1] if thresholds else cfg.SELF_TRAINING.SCORE_THRESH
+
+
 def write_pseudo_labels(
-    cfg: CfgNode, model: nn.Module, dataset_names: list[str], output_json: str | Path, info: dict
+    cfg: CfgNode,
+    model: nn.Module,
+    dataset_names: list[str],
+    output_json: str | Path,
+    info: dict,
+    *,
+    round_index: int = 1,
+    merge_from: list[str] | None = None,
 ) -> None:
     """Predict on every image of ``dataset_names`` (with or without pseudo-masks) and write the
-    confident predictions to ``output_json``."""
+    confident predictions of round ``round_index`` to ``output_json``; under
+    ``SELF_TRAINING.MERGE: cutler`` with the uncovered masks of ``merge_from`` (the round's
+    training sets; default ``dataset_names``, as in round 1)."""
     dicts = get_detection_dataset_dicts(dataset_names, filter_empty=False)
     loader = build_inference_loader(cfg, dicts)
+    score_thresh = round_score_thresh(cfg, round_index)
+    merge = cfg.SELF_TRAINING.MERGE
+    previous = None
+    if merge == "cutler":
+        previous = PreviousLabels(merge_from or dataset_names, cfg.SELF_TRAINING.MERGE_IOU_THRESH)
     writer = PseudoLabelWriter(
         output_json,
-        cfg.SELF_TRAINING.SCORE_THRESH,
+        score_thresh,
         cfg.SELF_TRAINING.MAX_PER_IMAGE,
         {
             **info,
             "description": "uis_d2 self-training pseudo-labels",
-            "score_thresh": cfg.SELF_TRAINING.SCORE_THRESH,
+            "score_thresh": score_thresh,
             "max_per_image": cfg.SELF_TRAINING.MAX_PER_IMAGE,
+            "merge": merge,
             "source_datasets": list(dataset_names),
         },
+        previous,
     )
     inference_on_dataset(SkipUnreadable(model), loader, writer)
 
@@ -198,6 +244,8 @@ def run_self_training(cfg: CfgNode, resume: bool = False) -> Any:
         round_cfg.defrost()
         round_cfg.OUTPUT_DIR = str(out)
         round_cfg.DATASETS.TRAIN = tuple(train_datasets)
+        if r > 1:  # CutLER: DropLoss in the first round only (DropLoss ROI heads)
+            round_cfg.MODEL.ROI_HEADS.DROPLOSS.ENABLED = False
         round_cfg = prepare_run_config(round_cfg)
         if comm.is_main_process():  # the exact settings of this round, for --eval-only later
             atomic_write_bytes(out / "config.yaml", round_cfg.dump().encode("utf-8"))
@@ -219,7 +267,15 @@ def run_self_training(cfg: CfgNode, resume: bool = False) -> Any:
             comm.synchronize()  # the main process has written the final model
             model = load_trained_model(round_cfg, final_model)
             info = {"round": r, "model": str(final_model)}
-            write_pseudo_labels(round_cfg, model, list(cfg.DATASETS.TRAIN), pseudo_json, info)
+            write_pseudo_labels(
+                round_cfg,
+                model,
+                list(cfg.DATASETS.TRAIN),
+                pseudo_json,
+                info,
+                round_index=r,
+                merge_from=train_datasets,
+            )
         image_root = read_info(pseudo_json)["image_root"]
         register_pseudo_labels(pseudo_dataset_name(r), str(pseudo_json), image_root)
         train_datasets = [pseudo_dataset_name(r)]

@@ -1,4 +1,4 @@
-"""detectron2 ``DefaultTrainer`` for SOLOv2 on pseudo-masks.
+"""detectron2 ``DefaultTrainer`` for any model on pseudo-masks (SOLOv2, detectron2's R-CNNs).
 
 Only what differs from the default is overridden: the data loaders (pseudo-mask mapper with
 copy-paste), the evaluator (class-agnostic COCO metrics), DDP on CPU, and a checkpointer that

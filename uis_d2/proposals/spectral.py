@@ -33,7 +33,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from uis_d2.proposals.eigensolvers import ncut_operator, top_eigh, top_krylov, top_subspace
+from uis_d2.proposals.eigensolvers import (
+    NcutOperator,
+    ncut_operator,
+    top_eigh,
+    top_krylov,
+    top_subspace,
+)
 from uis_d2.proposals.lloyd_cpu import lloyd_cpu
 
 logger = logging.getLogger(__name__)
@@ -70,9 +76,20 @@ def spectral_embedding(
     max_iters: int = 300,
 ) -> SpectralEmbedding:
     """The ``num_vectors`` leading non-trivial Ncut eigenvectors of each image's patch graph."""
+    return operator_embedding(ncut_operator(features), num_vectors, solver, seed, tol, max_iters)
+
+
+def operator_embedding(
+    operator: NcutOperator,
+    num_vectors: int,
+    solver: str = "auto",
+    seed: int = 0,
+    tol: float = 1e-3,
+    max_iters: int = 300,
+) -> SpectralEmbedding:
+    """``spectral_embedding`` of any patch graph given as its deflated normalised operator."""
     if solver not in SOLVERS:
         raise ValueError(f"spectral solver {solver!r} is invalid: must be one of {SOLVERS}")
-    operator = ncut_operator(features)
     n = operator.affinity.shape[1]
     m = min(num_vectors, n)
     if solver == "auto":

@@ -1,0 +1,283 @@
+"""CutLER's MaskCut (Wang et al. 2023, section 3.1; ref ``maskcut/maskcut.py``) as a generator.
+
+Per image, on the keys of a self-supervised ViT at a square input (aspect not kept):
+
+1. Graph: ``W_ij = 1`` where the cosine of patches i and j exceeds ``tau``, else ``eps``.
+2. One cut: the second-smallest generalised eigenvector of ``(D - W) v = lambda D v``, i.e.
+   ``D^-1/2 u`` for the leading eigenvector u of the deflated normalised operator, solved by the
+   project's iterative eigensolvers (eigensolvers.py) instead of the reference's dense
+   generalised ``eigh`` (about 13.5 s an image; benchmarks/bench_maskcut.py compares the two).
+3. Bipartition ``v > mean(v)``, v signed so that its largest |entry| (the seed) is positive
+   (``cut_from_vector``: the reference's rule depends on its solver's sign); the bipartition is
+   flipped when at least ``corner_limit`` of the 4 corner patches lie in it, and the seed is the
+   argmax of the (possibly negated) vector. The mask is the 4-connected component of the
+   bipartition holding the seed.
+4. N masks: before each later cut the features of every patch already taken are zeroed
+   ("painting": cosine 0 < tau, so those patches keep only eps edges). A cut whose IoU with
+   the previous one exceeds ``max_iou_with_previous``, or that covers at most
+   ``min_patch_fraction`` of the patches, is rejected, and the image stops there: the next cut
+   would see the same painted features and repeat it (the reference empties the mask and goes
+   on, which can then accept the repeat against the emptied mask; a deviation by design).
+5. Each mask is upsampled (nearest) to the image's original size, without the pixels of earlier
+   masks. Optional CRF refinement is the generic ``PROPOSALS.REFINE`` step, as for every
+   generator.
+
+Degenerate inputs give fewer masks, never an error: a constant image has no non-trivial
+eigenvector (no mask), a grid of fewer than 2 patches is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from scipy import ndimage
+
+from uis_d2.features.base import FeatureExtractor, build_feature_extractor, extract_features
+from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
+from uis_d2.proposals.eigensolvers import thresholded_ncut_operator
+from uis_d2.proposals.spectral import operator_embedding
+from uis_d2.proposals.spectral_generator import group_indices
+
+SCORE_MODES = ("constant", "cut_order")
+SOLVERS = ("auto", "krylov", "subspace", "eigh")
+
+
+@dataclass(frozen=True)
+class MaskCutParams:
+    """``PROPOSALS.MASKCUT``, one field per key (see the config's comments)."""
+
+    num_masks: int
+    input_size: int
+    tau: float
+    eps: float
+    corner_limit: int
+    max_iou_with_previous: float
+    min_patch_fraction: float
+    solver: str
+    tol: float
+    score: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_MODES:
+            raise ValueError(
+                f"PROPOSALS.MASKCUT.SCORE = {self.score!r}: must be one of {SCORE_MODES}"
+            )
+        if self.solver not in SOLVERS:
+            raise ValueError(
+                f"PROPOSALS.MASKCUT.SOLVER = {self.solver!r}: must be one of {SOLVERS}"
+            )
+        if self.num_masks < 1:
+            raise ValueError(f"PROPOSALS.MASKCUT.NUM_MASKS = {self.num_masks}: must be >= 1")
+
+
+def _solver_for(solver: str, device: torch.device) -> str:
+    """``auto``: block Krylov on a CPU, subspace iteration on a GPU (as the spectral
+    generator's choice for large grids), never the dense solver."""
+    if solver != "auto":
+        return solver
+    return "krylov" if device.type == "cpu" else "subspace"
+
+
+def second_eigenvectors(features: torch.Tensor, params: MaskCutParams) -> torch.Tensor:
+    """(B, N, C) features -> (B, N) second-smallest generalised eigenvectors of their
+    thresholded graphs (all zeros where a graph has no non-trivial structure)."""
+    operator = thresholded_ncut_operator(features, params.tau, params.eps)
+    solver = _solver_for(params.solver, features.device)
+    embedding = operator_embedding(operator, 1, solver, params.seed, params.tol)
+    return embedding.vectors[:, :, 0]
+
+
+def corner_indices(height: int, width: int) -> list[int]:
+    return [0, width - 1, (height - 1) * width, height * width - 1]
+
+
+def cut_from_vector(vector: np.ndarray, grid: tuple[int, int], corner_limit: int) -> np.ndarray:
+    """One cut's mask (h, w) bool from its eigenvector (N,): MaskCut's foreground rule and
+    the seed's 4-connected component. Empty when the vector is constant.
+
+    The vector is first signed so that its largest |entry| (the reference's seed) is positive,
+    hence inside the bipartition ``v > mean``; the bipartition is then flipped when it holds at
+    least ``corner_limit`` corners, and the seed is the peak of the side kept. The reference
+    applies its rule to whatever sign its solver returns, and that rule is not sign-symmetric:
+    with fewer corners than the limit and a negative seed entry, it flips to the corners' side
+    and keeps the seed there, where the opposite sign keeps the other side and its peak. Fixing
+    the sign makes the cut a function of the graph alone (benchmarks/bench_maskcut.py found one
+    cut in 14 that the sign alone changed).
+    """
+    height, width = grid
+    peak = int(np.argmax(np.abs(vector)))
+    vector = vector if vector[peak] >= 0 else -vector
+    bipartition = vector > vector.mean()
+    if not bipartition.any():
+        return np.zeros(grid, dtype=bool)
+    if int(bipartition[corner_indices(height, width)].sum()) >= corner_limit:
+        vector, bipartition = -vector, ~bipartition
+    seed = int(np.argmax(vector))
+    components, _ = ndimage.label(bipartition.reshape(grid))  # 4-connectivity
+    label = components.reshape(-1)[seed]
+    return components == label if label else np.zeros(grid, dtype=bool)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def rejected(mask: np.ndarray, previous: np.ndarray | None, params: MaskCutParams) -> bool:
+    """A later cut is rejected when it repeats the previous one or is too small."""
+    if previous is None:
+        return not mask.any()
+    too_small = mask.sum() <= params.min_patch_fraction * mask.size
+    return too_small or _iou(mask, previous) > params.max_iou_with_previous
+
+
+def maskcut_grid_masks(
+    features: torch.Tensor,
+    params: MaskCutParams,
+    solve: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[np.ndarray]:
+    """MaskCut on B images of one grid: features (B, C, h, w) -> per image (n_i, h, w) bool
+    masks in cut order (n_i <= num_masks), earlier masks' patches removed from later ones.
+    Images that are still cutting share each eigensolver call. ``solve``: (B, N, C) painted
+    features -> (B, N) eigenvectors (default ``second_eigenvectors``; the benchmark passes the
+    reference's dense solver)."""
+    if solve is None:
+        solve = functools.partial(second_eigenvectors, params=params)
+    batch, channels, height, width = features.shape
+    tokens = features.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
+    cuts: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    painted = torch.zeros(batch, height * width, dtype=torch.bool, device=features.device)
+    active = list(range(batch)) if height * width >= 2 else []
+    for _ in range(params.num_masks):
+        if not active:
+            break
+        index = torch.tensor(active, device=features.device)
+        visible = tokens[index] * ~painted[index, :, None]
+        vectors = solve(visible).cpu().numpy()
+        still_active = []
+        for row, image in enumerate(active):
+            mask = cut_from_vector(vectors[row], (height, width), params.corner_limit)
+            previous = cuts[image][-1] if cuts[image] else None
+            if rejected(mask, previous, params):
+                continue
+            cuts[image].append(mask)
+            painted[image] |= torch.from_numpy(mask.reshape(-1)).to(painted.device)
+            still_active.append(image)
+        active = still_active
+    out = []
+    for image_cuts in cuts:
+        taken = np.zeros((height, width), dtype=bool)
+        kept = []
+        for mask in image_cuts:
+            kept.append(mask & ~taken)
+            taken |= mask
+        out.append(np.stack(kept) if kept else np.zeros((0, height, width), dtype=bool))
+    return out
+
+
+def square_resized(image: torch.Tensor, size: int) -> torch.Tensor:
+    """RGB uint8 (3, H, W) -> (3, size, size) uint8, aspect not kept (as the reference);
+    ``size`` 0 returns the image."""
+    if size <= 0 or tuple(image.shape[1:]) == (size, size):
+        return image
+    x = image[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
+@PSEUDO_MASK_GENERATOR_REGISTRY.register()
+class MaskCutGenerator(ProposalGenerator):
+    """MaskCut's N normalised cuts per image (see the module docstring)."""
+
+    @configurable
+    def __init__(self, *, extractor: FeatureExtractor, params: MaskCutParams) -> None:
+        self.extractor = extractor
+        self.params = params
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        p, m = cfg.PROPOSALS, cfg.PROPOSALS.MASKCUT
+        # The generator resizes to the square itself; the extractor only rounds to its grid.
+        extractor = build_feature_extractor(p.EXTRACTOR, short_side=0, max_side=0, amp=p.AMP)
+        params = MaskCutParams(
+            num_masks=m.NUM_MASKS,
+            input_size=m.INPUT_SIZE,
+            tau=m.TAU,
+            eps=m.EPS,
+            corner_limit=m.CORNER_LIMIT,
+            max_iou_with_previous=m.MAX_IOU_WITH_PREVIOUS,
+            min_patch_fraction=m.MIN_PATCH_FRACTION,
+            solver=m.SOLVER,
+            tol=m.TOL,
+            score=m.SCORE,
+            seed=p.SEED,
+        )
+        return {"extractor": extractor, "params": params}
+
+    def to(self, device: torch.device) -> MaskCutGenerator:
+        self.extractor.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
+        if not images:
+            return []
+        inputs = [square_resized(image, self.params.input_size) for image in images]
+        features = extract_features(self.extractor, inputs)
+        grid_masks: list[np.ndarray] = [np.zeros(0)] * len(images)
+        for indices in group_indices([f.shape for f in features]).values():
+            batch = torch.stack([features[i] for i in indices])
+            for index, masks in zip(indices, maskcut_grid_masks(batch, self.params)):
+                grid_masks[index] = masks
+        return [
+            self._proposals(image, feature, masks)
+            for image, feature, masks in zip(images, features, grid_masks)
+        ]
+
+    def _proposals(
+        self, image: torch.Tensor, feature: torch.Tensor, masks: np.ndarray
+    ) -> Proposals:
+        """One image's grid masks at its original size, with scores, cut numbers and the mean
+        (unpainted) feature inside each mask as its embedding."""
+        grid = torch.from_numpy(masks).to(feature.device)
+        size = tuple(image.shape[1:])
+        full = F.interpolate(grid[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        nonempty = full.flatten(1).any(dim=1).cpu().numpy()
+        cut = np.arange(1, len(masks) + 1)[nonempty]
+        weights = grid[torch.from_numpy(nonempty).to(grid.device)].flatten(1).float()
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+        embeddings = (weights @ feature.flatten(1).T.float()).cpu().numpy().astype(np.float32)
+        scores = np.ones(len(cut)) if self.params.score == "constant" else 1.0 / cut
+        return Proposals(
+            masks=full[torch.from_numpy(nonempty).to(full.device)],
+            scores=scores.astype(np.float32),
+            embeddings=embeddings,
+            extras={"cut": cut.astype(np.int32)},
+            debug={"grid_masks": masks, "grid_size": tuple(feature.shape[1:])},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "generator": type(self).__name__,
+            "extractor": self.extractor.describe(),
+            "num_masks": p.num_masks,
+            "input_size": p.input_size,
+            "tau": p.tau,
+            "eps": p.eps,
+            "corner_limit": p.corner_limit,
+            "max_iou_with_previous": p.max_iou_with_previous,
+            "min_patch_fraction": p.min_patch_fraction,
+            "solver": p.solver,
+            "tol": p.tol,
+            "score": p.score,
+            "seed": p.seed,
+        }
