@@ -10,6 +10,11 @@ adjusted Rand index. Both sides get the same thread budget (``--threads``).
 with random weights at a 480-px short side, with a time breakdown and the CUDA peak memory
 after the first batch and after all of them (it must not grow with the number of images).
 
+``--providers SPEC ...`` times the whole generator with each saliency provider setting (a
+provider name, "A+B" for an intersection, "A,B" for a union, as ``tools/run_demo.py
+--saliency``) against the default SpectralBorder, interleaved over ``--repeats`` rounds in the
+same process, and prints each one's time per image and its ratio to the default.
+
 ``--end-to-end`` also runs the tool's own loop (uis_d2.proposals.runner, as
 tools/generate_proposals.py does) over the images written as JPEG files: decoding in DataLoader
 workers, the generator, the json lines and the merge, with the time of each stage.
@@ -54,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=0, help="override PROPOSALS.BATCH_SIZE")
     parser.add_argument("--end-to-end", action="store_true", help="also time the tool's loop")
+    parser.add_argument("--providers", nargs="+", default=[], help="saliency providers to time")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (--providers)")
     parser.add_argument("--workers", type=int, default=-1, help="override PROPOSALS.NUM_WORKERS")
     return parser.parse_args()
 
@@ -229,6 +236,40 @@ def run_generator(generator, images: list[torch.Tensor], batch_size: int, device
     return result
 
 
+def provider_config(cfg, spec: str):
+    """``cfg`` with the saliency providers of ``spec`` ("A", "A+B" or "A,B")."""
+    cfg = cfg.clone()
+    cfg.PROPOSALS.SALIENCY.COMBINE = "union" if "," in spec else "intersection"
+    cfg.PROPOSALS.SALIENCY.PROVIDERS = spec.replace(",", "+").split("+")
+    return cfg
+
+
+def compare_providers(
+    cfg, specs: list[str], images: list[torch.Tensor], batch_size: int, device: str, repeats: int
+) -> dict:
+    """Seconds per image of the generator with each provider setting and the default, measured
+    in interleaved rounds (the machine's speed drifts); the median round counts."""
+    settings = {"SpectralBorder (default)": cfg, **{s: provider_config(cfg, s) for s in specs}}
+    generators = {
+        name: build_pseudo_mask_generator(c).to(torch.device(device))
+        for name, c in settings.items()
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in generators}
+    for generator in generators.values():
+        generator(images[:1])  # warm-up
+    for _ in range(repeats):
+        for name, generator in generators.items():
+            rate = run_generator(generator, images, batch_size, device)["images_per_s"]
+            seconds[name].append(1.0 / rate)
+    default = float(np.median(seconds["SpectralBorder (default)"]))
+    result = {}
+    for name, runs in seconds.items():
+        median = float(np.median(runs))
+        result[name] = {"s_per_image": median, "ratio_to_default": median / default}
+        print(f"saliency {name}: {median * 1e3:.1f} ms/image, {median / default:.3f}x the default")
+    return result
+
+
 def run_tool_loop(cfg, images: list[torch.Tensor], workdir: Path) -> dict:
     """images/s of the tool's loop over the images saved as JPEG files, and seconds per image of
     each of its stages (decode wait, generator, writing) plus the final merge."""
@@ -321,6 +362,10 @@ def main() -> None:
         "mean_ari": spectral["mean_ari"],
         "breakdown_s_per_image": breakdown,
     }
+    if args.providers:
+        result["providers"] = compare_providers(
+            cfg, args.providers, images, batch_size, device, args.repeats
+        )
     if args.end_to_end:
         with tempfile.TemporaryDirectory() as workdir:
             result["end_to_end"] = run_tool_loop(cfg, images, Path(workdir))

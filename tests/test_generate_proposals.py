@@ -60,7 +60,9 @@ class ColourThresholdGenerator(ProposalGenerator):
         return {}
 
     @torch.no_grad()
-    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
+    def __call__(
+        self, images: list[torch.Tensor], names: list[str] | None = None
+    ) -> list[Proposals]:
         self.batches += 1
         if self.stop_after_batches is not None and self.batches > self.stop_after_batches:
             if self.stop_by == "hang":

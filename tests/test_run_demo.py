@@ -112,3 +112,39 @@ def test_generators_and_detectors_are_compared_side_by_side(demo, tmp_path, monk
     pseudo = json.loads((root / "synthetic/pseudo/train_maskcut.json").read_text())
     assert "MaskCutGenerator" in json.dumps(pseudo["info"])
     assert (grid_out / "curves/losses_maskcut_mask_rcnn_round1.png").stat().st_size > 0
+
+
+def test_saliency_ablation_puts_each_filter_side_by_side(demo, tmp_path, monkeypatch):
+    """No saliency, the default provider, and combinations of a provider with itself (which
+    must equal each other): val proposals only, nothing trained."""
+    out, root, _, args = demo
+    ablation_out = tmp_path / "ablation"
+    shutil.copytree(out, ablation_out)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    specs = [
+        "none",
+        "SpectralBorder",
+        "SpectralBorder+SpectralBorder",
+        "SpectralBorder,SpectralBorder",
+    ]
+    result = run_demo.main(
+        ["--output", str(ablation_out), *args[2:], "--detectors", "--saliency", *specs]
+    )
+    names = [run_demo.SaliencyVariant(spec, ablation_out).name for spec in specs]
+    assert set(result) - {"run"} == {"proposals", *names}
+    (analysis,) = ablation_out.glob("analysis_*/recall_by_count.json")
+    assert all(name in analysis.read_text() for name in names)
+    annotations = {
+        name: json.loads((ablation_out / name / "val.json").read_text())["annotations"]
+        for name in names
+    }
+    masks = {
+        name: [a["segmentation"]["counts"] for a in anns] for name, anns in annotations.items()
+    }
+    assert len(masks["saliency_none"]) >= len(
+        masks["saliency_SpectralBorder"]
+    )  # a filter only drops
+    assert (
+        masks["saliency_SpectralBorder_and_SpectralBorder"]
+        == masks["saliency_SpectralBorder_or_SpectralBorder"]
+    )

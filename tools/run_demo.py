@@ -8,6 +8,10 @@ FreeSOLO losses -> class-agnostic evaluation on synthetic_val -> pictures, metri
 proposals, and a detector trained on each generator's proposals, in one report (e.g.
 ``--generators spectral maskcut --detectors solov2 mask_rcnn``). The default is the single
 spectral + SOLOv2 run, whose names and paths are the plain ones ("proposals", "trained", train/).
+``--saliency`` adds the saliency ablation (Engstler et al. Table 5) on the val images: the spectral
+proposals with each named foreground provider as the saliency filter, "none" without it, "A+B"
+the intersection and "A,B" the union of two, evaluated and split by instance count side by side
+(``--detectors`` with no name trains nothing).
 
 Each step is a call of the project's own command-line tool, so the demo exercises exactly what a
 user runs, and each step is skipped when its output already exists (rerun = resume).
@@ -83,6 +87,34 @@ class Proposals:
 
 
 @dataclasses.dataclass(frozen=True)
+class SaliencyVariant:
+    """The spectral generator's val proposals with another saliency filter (``--saliency``)."""
+
+    spec: str  # "none", "Provider", "A+B" (intersection) or "A,B" (union)
+    out: Path
+
+    @property
+    def name(self) -> str:
+        return "saliency_" + self.spec.replace("+", "_and_").replace(",", "_or_")
+
+    @property
+    def val_json(self) -> Path:
+        return self.out / self.name / "val.json"
+
+    def overrides(self) -> list[str]:
+        if self.spec == "none":
+            return ["PROPOSALS.SALIENCY.ENABLED", "False"]
+        combine = "union" if "," in self.spec else "intersection"
+        providers = self.spec.replace(",", "+").split("+")
+        return [
+            "PROPOSALS.SALIENCY.PROVIDERS",
+            repr(providers),
+            "PROPOSALS.SALIENCY.COMBINE",
+            combine,
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
 class Training:
     """A detector trained on one generator's proposals."""
 
@@ -113,7 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--generators", nargs="+", choices=sorted(GENERATOR_CONFIGS), default=[DEFAULT_GENERATOR]
     )
     parser.add_argument(
-        "--detectors", nargs="+", choices=sorted(DETECTOR_CONFIGS), default=[DEFAULT_DETECTOR]
+        "--detectors", nargs="*", choices=sorted(DETECTOR_CONFIGS), default=[DEFAULT_DETECTOR]
+    )
+    parser.add_argument(
+        "--saliency",
+        nargs="+",
+        default=[],
+        metavar="SPEC",
+        help='saliency ablation: "none", a provider (e.g. AttentionMass), "A+B" or "A,B"',
     )
     parser.add_argument("--num-overlays", type=int, default=8)
     parser.add_argument(
@@ -235,16 +274,24 @@ def generate_proposals(proposals: Proposals, args: argparse.Namespace, steps: St
         steps.run(title.removeprefix(f"{DEFAULT_GENERATOR} "), command, target)
 
 
-def analysis_dir(generators: list[Proposals], out: Path) -> Path:
-    names = tuple(p.generator for p in generators)
-    return out / ("analysis" + _suffix(*names, defaults=(DEFAULT_GENERATOR,)))
+def generate_variant(variant: SaliencyVariant, args: argparse.Namespace, steps: Steps) -> None:
+    command = [TOOLS / "generate_proposals.py", "--config-file", GENERATOR_CONFIGS["spectral"]]
+    command += ["--dataset", "synthetic_val", "--output", variant.val_json, "--vis", 0]
+    steps.run(f"val proposals, {variant.name}", command + variant.overrides(), variant.val_json)
 
 
-def analyse_proposals(generators: list[Proposals], gt_val: Path, out: Path, steps: Steps) -> None:
-    """The Table 1 split of every generator's val proposals, side by side."""
-    analysis = analysis_dir(generators, out)
-    command = [TOOLS / "analyze_proposals.py", "--proposals", *[p.val_json for p in generators]]
-    command += ["--names", *[p.name for p in generators], "--gt", gt_val, "--out", analysis]
+def analysis_dir(proposal_sets: list[Proposals | SaliencyVariant], out: Path) -> Path:
+    names = tuple(p.name for p in proposal_sets)
+    return out / ("analysis" + _suffix(*names, defaults=("proposals",)))
+
+
+def analyse_proposals(
+    proposal_sets: list[Proposals | SaliencyVariant], gt_val: Path, out: Path, steps: Steps
+) -> None:
+    """The Table 1 split of every set of val proposals, side by side."""
+    analysis = analysis_dir(proposal_sets, out)
+    command = [TOOLS / "analyze_proposals.py", "--proposals", *[p.val_json for p in proposal_sets]]
+    command += ["--names", *[p.name for p in proposal_sets], "--gt", gt_val, "--out", analysis]
     steps.run("proposal analysis (Table 1)", command, analysis / "recall_by_count.json")
 
 
@@ -286,7 +333,13 @@ def main(argv: list[str] | None = None) -> dict:
         metrics[proposals.name] = evaluate(
             gt_val, proposals.val_json, out / f"metrics_{proposals.name}.json", steps
         )
-    analyse_proposals(generators, gt_val, out, steps)
+    variants = [SaliencyVariant(spec, out) for spec in dict.fromkeys(args.saliency)]
+    for variant in variants:
+        generate_variant(variant, args, steps)
+        metrics[variant.name] = evaluate(
+            gt_val, variant.val_json, out / f"metrics_{variant.name}.json", steps
+        )
+    analyse_proposals([*generators, *variants], gt_val, out, steps)
     for training in trainings:
         train(training, args, steps)
         for r in range(1, args.rounds + 1):  # the trainer evaluated them with evaluate_agnostic
@@ -294,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
             metrics[training.name(r)] = json.loads(metrics_file.read_text())
 
     summary = {name: m["segm"] for name, m in metrics.items()}
-    write_pictures_and_report(out, synthetic, gt_val, generators, trainings, args, summary)
+    sets = [*generators, *variants]
+    write_pictures_and_report(out, synthetic, gt_val, sets, trainings, args, summary)
     total = time.perf_counter() - started
     metrics["run"] = run_record(argv, steps, started_at, total)
     atomic_write_json(out / "metrics.json", metrics, indent=2)
@@ -307,13 +361,15 @@ def write_pictures_and_report(
     out: Path,
     synthetic: Path,
     gt_val: Path,
-    generators: list[Proposals],
+    proposal_sets: list[Proposals | SaliencyVariant],
     trainings: list[Training],
     args: argparse.Namespace,
     summary: dict[str, dict[str, float]],
 ) -> None:
     gt = json.loads(gt_val.read_text())
-    panels = {p.name: annotations_by_image(json.loads(p.val_json.read_text())) for p in generators}
+    panels = {
+        p.name: annotations_by_image(json.loads(p.val_json.read_text())) for p in proposal_sets
+    }
     curves = []
     for training in trainings:
         for r in range(1, args.rounds + 1):
@@ -334,18 +390,19 @@ def write_pictures_and_report(
         ("Ground truth | raw proposals | trained model", overlays),
         (
             "Proposal analysis: recall by instances of one category (Table 1)",
-            sorted(analysis_dir(generators, out).glob("*.png")),
+            sorted(analysis_dir(proposal_sets, out).glob("*.png")),
         ),
         ("Training losses", curves),
         (
             "Proposal generation: masks for every k, saliency, kept proposals",
-            sorted(png for p in generators for png in p.val_json.parent.rglob("*.png")),
+            sorted(png for p in proposal_sets for png in p.val_json.parent.rglob("*.png")),
         ),
     ]
     notes = [
         f"Command: python tools/run_demo.py --output {args.output} --num-train {args.num_train} "
         f"--num-val {args.num_val} --seed {args.seed} --rounds {args.rounds} --generators "
-        f"{' '.join(args.generators)} --detectors {' '.join(args.detectors)}",
+        f"{' '.join(args.generators)} --detectors {' '.join(args.detectors)}"
+        + (f" --saliency {' '.join(args.saliency)}" if args.saliency else ""),
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}.",
     ]
     write_report(out, summary, sections, notes)

@@ -161,7 +161,8 @@ def add_proposals_config(cfg: CN) -> None:
     """Offline pseudo-mask generation (tools/generate_proposals.py)."""
     cfg.PROPOSALS = CN()
     p = cfg.PROPOSALS
-    # Registered generator: "SpectralProposalGenerator" (paper) or "FreeMaskGenerator" (FreeSOLO).
+    # Registered generator: "SpectralProposalGenerator" (paper), "FreeMaskGenerator" (FreeSOLO),
+    # "MaskCutGenerator" (CutLER) or "MaskDistillGenerator" (MaskDistill's object miner).
     p.GENERATOR = "SpectralProposalGenerator"
     # Images per forward pass (open): on a GPU the spectral steps are bound by kernel launches
     # and host syncs per batch, so larger batches pay (compare with benchmarks/bench_proposals.py
@@ -202,12 +203,59 @@ def add_proposals_config(cfg: CN) -> None:
     p.SALIENCY.K = 2
     # A candidate is kept when |mask & saliency| / |mask| >= this (paper: 0.5).
     p.SALIENCY.OVERLAP_THRESH = 0.5
+    # Foreground providers (FOREGROUND_REGISTRY, uis_d2/foreground/) making the saliency map:
+    # "SpectralBorder" (paper: SALIENCY.K-way clustering of the saliency features, foreground =
+    # the cluster touching the border less), "AttentionMass" (DINO/Leopart class-token
+    # attention), "MaskDistillMiner", "MaskCutUnion", "ExternalMaps"; the saliency features are
+    # SALIENCY.EXTRACTOR's. Several names are combined by COMBINE (open).
+    p.SALIENCY.PROVIDERS = ["SpectralBorder"]
+    # How several providers' maps combine: "intersection" or "union" (open).
+    p.SALIENCY.COMBINE = "intersection"
     p.SALIENCY.EXTRACTOR = CN()
     # Saliency features: DINO ViT-B/16 keys (paper).
     add_extractor_config(p.SALIENCY.EXTRACTOR, "TimmViTKeys", "vit_base_patch16_224")
 
     # Mask NMS IoU threshold removing duplicate proposals (paper: 0.8).
     p.NMS_THRESH = 0.8
+
+    # Settings of the foreground providers other than SpectralBorder (uis_d2/foreground/).
+    p.FOREGROUND = CN()
+    p.FOREGROUND.ATTENTION_MASS = CN()
+    # Heads whose class-token attention is averaged; [] = all (Leopart, DINO: all).
+    p.FOREGROUND.ATTENTION_MASS.HEADS = []
+    # Keep the patches holding this share of the attention mass (Leopart paper: 0.6; its
+    # feature-dump code 0.65; DINO's visualisation: 0.5).
+    p.FOREGROUND.ATTENTION_MASS.MASS = 0.6
+    # Gaussian blur of the averaged attention before the mass cut: kernel side and sigma in
+    # patches (Leopart: 7, 0.6); side 0 disables it.
+    p.FOREGROUND.ATTENTION_MASS.BLUR_SIZE = 7
+    p.FOREGROUND.ATTENTION_MASS.BLUR_SIGMA = 0.6
+    # 8-connected components with at most this many patches are dropped (Leopart: 2).
+    p.FOREGROUND.ATTENTION_MASS.MAX_DROPPED_COMPONENT = 2
+    # MaskDistill's object miner: the provider "MaskDistillMiner" reads the queries and keys of
+    # SALIENCY.EXTRACTOR, the generator "MaskDistillGenerator" those of EXTRACTOR.
+    p.FOREGROUND.MINER = CN()
+    # Heads averaged in the class-token affinity a_CLS; [] = all (paper; the reference uses the
+    # first 5 of DINO ViT-S/16's 6 heads). The key affinity always uses every head (ref).
+    p.FOREGROUND.MINER.HEADS = []
+    # Share of the patches, by a_CLS, that are candidates (paper: 0.4).
+    p.FOREGROUND.MINER.TOP_K = 0.4
+    # Before the top-k, keep only the entries of a_CLS holding this share of its mass; 0 = off
+    # (ref, not in the paper: 0.5) (open: off).
+    p.FOREGROUND.MINER.MASS_PREFILTER = 0.0
+    # Keep only the 4-connected component holding the source patch (ref, not in the paper).
+    p.FOREGROUND.MINER.SEED_COMPONENT = True
+    p.FOREGROUND.EXTERNAL = CN()
+    # Folder of saliency maps, one per image: the image's file name relative to its image root,
+    # folders kept, extension replaced by SUFFIX (a/b.jpg -> <DIR>/a/b.png); grey values 0-255
+    # (e.g. BASNet on DeepUSPS pseudo-labels, as COMUS uses). Missing or unreadable maps follow
+    # INPUT.BAD_IMAGE_POLICY (open).
+    p.FOREGROUND.EXTERNAL.DIR = ""
+    p.FOREGROUND.EXTERNAL.SUFFIX = ".png"
+    # Foreground = value / 255 >= this (COMUS: 0.5) ...
+    p.FOREGROUND.EXTERNAL.THRESH = 0.5
+    # ... and a map with at most this many foreground pixels counts as empty (COMUS: 400).
+    p.FOREGROUND.EXTERNAL.MIN_PIXELS = 400
 
     p.FREE_MASK = CN()
     # Scales of the query pyramid (paper: 1.0, 0.5, 0.25).

@@ -224,6 +224,20 @@ def validate_uis_config(cfg: CfgNode) -> None:
         cfg.PROPOSALS.SALIENCY.K >= 2, p + "SALIENCY.K", cfg.PROPOSALS.SALIENCY.K, "must be >= 2"
     )
     _check_fraction(cfg, p + "SALIENCY.OVERLAP_THRESH")
+    _check_fraction(cfg, p + "FOREGROUND.EXTERNAL.THRESH")
+    _check_positive(cfg, p + "FOREGROUND.EXTERNAL.MIN_PIXELS", allow_zero=True)
+    attention, miner = p + "FOREGROUND.ATTENTION_MASS.", p + "FOREGROUND.MINER."
+    _check_fraction(cfg, attention + "MASS")
+    blur = cfg.PROPOSALS.FOREGROUND.ATTENTION_MASS.BLUR_SIZE
+    _check(blur >= 0 and blur % 2 == 1 or blur == 0, attention + "BLUR_SIZE", blur, "odd, or 0")
+    _check_positive(cfg, attention + "BLUR_SIGMA")
+    _check_positive(cfg, attention + "MAX_DROPPED_COMPONENT", allow_zero=True)
+    top_k = cfg.PROPOSALS.FOREGROUND.MINER.TOP_K
+    _check(0.0 < top_k <= 1.0, miner + "TOP_K", top_k, "must lie in (0, 1]")
+    _check_fraction(cfg, miner + "MASS_PREFILTER")
+    for key in (attention + "HEADS", miner + "HEADS"):
+        heads = _lookup(cfg, key)
+        _check(all(int(h) >= 0 for h in heads), key, heads, "head indices must be >= 0")
     _check_fraction(cfg, p + "NMS_THRESH")
     for key in ("FREE_MASK.MASK_THRESH", "FREE_MASK.MASKNESS_THRESH"):
         _check_fraction(cfg, p + key)

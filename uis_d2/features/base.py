@@ -6,11 +6,18 @@ max_side)`` classmethod reads them from one extractor config node (``cfg.PROPOSA
 ``cfg.PROPOSALS.SALIENCY.EXTRACTOR``); ``build_feature_extractor(node, ...)`` picks the class named
 by ``node.NAME``. Every extractor maps a batch of normalised images to a patch grid whose cell
 (i, j) covers the input pixels ``[i * stride, (i + 1) * stride) x [j * stride, (j + 1) * stride)``.
+
+Tokens: consumers that need more than the features (the foreground providers reading a ViT's
+attention) ask the extractor once, ``extractor.request_tokens({"cls_attention", ...})``; from
+then on every forward also returns those ``TOKEN_NAMES`` in ``FeatureMap.tokens``, computed from
+the same forward, and ``extract_features_and_tokens`` hands them out per image. An extractor
+computes nothing extra while no token is requested.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,13 +30,30 @@ from torch import nn
 FEATURE_EXTRACTOR_REGISTRY = Registry("FEATURE_EXTRACTOR")
 FEATURE_EXTRACTOR_REGISTRY.__doc__ = "Dense feature extractors, built from an extractor cfg node."
 
+# The tokens an extractor may return besides its features, with their batch shapes. T = P + h*w
+# tokens: the P prefix tokens (class token first, then any register tokens), then the patches
+# in raster order, so a consumer finds P as T - h * w.
+TOKEN_NAMES = (
+    "queries",  # (B, heads, T, head_dim): per-head queries of the last attention block
+    "keys",  # (B, heads, T, head_dim): per-head keys of the last attention block
+    "cls_attention",  # (B, heads, h, w): the class token's softmax attention over the patches
+    "cls_token",  # (B, C): the class token's output after the final norm
+    "patch_tokens",  # (B, C, h, w): the patch tokens' output after the final norm
+)
+
+
+class TokenUnavailableError(ValueError):
+    """A consumer asked an extractor for a token it cannot compute (e.g. attention of ResNet)."""
+
 
 @dataclass
 class FeatureMap:
-    """Dense features of a batch of same-size images on a regular patch grid."""
+    """Dense features of a batch of same-size images on a regular patch grid, and the tokens
+    requested from the extractor (``TOKEN_NAMES``; empty when none was)."""
 
     features: torch.Tensor  # (B, C, h, w)
     stride: int  # pixels of the model input covered by one grid cell, per side
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -63,10 +87,12 @@ class FeatureExtractor(nn.Module):
     subclass declares ``supports_amp``: the ViTs, whose time is in matmuls that tensor cores
     run several times faster in bf16, and whose keys only feed cosine affinities. Features are
     returned in float32 either way.
+    ``provided_tokens``: the ``TOKEN_NAMES`` a subclass can compute, in ``extract_with_tokens``.
     """
 
     stride: int
     supports_amp = False
+    provided_tokens: frozenset[str] = frozenset()
 
     @configurable
     def __init__(
@@ -89,6 +115,7 @@ class FeatureExtractor(nn.Module):
         self.max_side = int(max_side)
         self.amp = bool(amp) and self.supports_amp
         self.checkpoint_sha256: str | None = None
+        self.requested_tokens: frozenset[str] = frozenset()
         self.register_buffer("_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), False)
 
@@ -109,6 +136,22 @@ class FeatureExtractor(nn.Module):
     def device(self) -> torch.device:
         return self._mean.device
 
+    def request_tokens(self, names: Iterable[str]) -> None:
+        """Every later forward also returns the tokens ``names`` (added to those requested
+        before: several consumers may share one extractor and its forward)."""
+        names = frozenset(names)
+        unknown = names - set(TOKEN_NAMES)
+        if unknown:
+            raise ValueError(f"unknown token names {sorted(unknown)}; known: {list(TOKEN_NAMES)}")
+        missing = names - self.provided_tokens
+        if missing:
+            raise TokenUnavailableError(
+                f"extractor {self.name} ({type(self).__name__}, arch {self.arch!r}) cannot "
+                f"provide the token(s) {sorted(missing)}; it provides "
+                f"{sorted(self.provided_tokens) or 'none'}"
+            )
+        self.requested_tokens = self.requested_tokens | names
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """RGB uint8 (3, H, W) -> normalised float (3, H', W') on the extractor's device."""
         if image.ndim != 3 or image.shape[0] != 3:
@@ -127,12 +170,24 @@ class FeatureExtractor(nn.Module):
                 f"multiples of the stride {self.stride}; use preprocess()"
             )
         use_amp = self.amp and images.device.type == "cuda"
+        tokens: dict[str, torch.Tensor] = {}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            features = self.extract(images)
-        return FeatureMap(features.float(), self.stride)
+            if self.requested_tokens:
+                features, tokens = self.extract_with_tokens(images, self.requested_tokens)
+            else:
+                features = self.extract(images)
+        tokens = {name: tokens[name].float() for name in sorted(self.requested_tokens)}
+        return FeatureMap(features.float(), self.stride, tokens)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised -> (B, C, H / stride, W / stride)."""
+        raise NotImplementedError
+
+    def extract_with_tokens(
+        self, images: torch.Tensor, names: frozenset[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``extract``'s features and the tokens ``names`` (a subset of ``provided_tokens``)
+        from one forward; subclasses that provide tokens implement it."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -159,15 +214,26 @@ def build_feature_extractor(
     return extractor_class(node, short_side=short_side, max_side=max_side, amp=amp).eval()
 
 
-def extract_features(extractor: FeatureExtractor, images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per image (C, h, w) features; images of equal preprocessed size share one forward pass."""
+def extract_features_and_tokens(
+    extractor: FeatureExtractor, images: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Per image (C, h, w) features and the dict of the extractor's requested tokens (shapes of
+    ``TOKEN_NAMES`` without the batch dimension; empty when none was requested). Images of
+    equal preprocessed size share one forward pass."""
     inputs = [extractor.preprocess(image) for image in images]
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, x in enumerate(inputs):
         groups.setdefault(tuple(x.shape), []).append(index)
-    features: list[torch.Tensor | None] = [None] * len(images)
+    features: list[torch.Tensor] = [torch.empty(0)] * len(images)
+    tokens: list[dict[str, torch.Tensor]] = [{} for _ in images]
     for indices in groups.values():
-        batch = extractor(torch.stack([inputs[i] for i in indices])).features
-        for i, feature in zip(indices, batch):
-            features[i] = feature
-    return features
+        output = extractor(torch.stack([inputs[i] for i in indices]))
+        for row, i in enumerate(indices):
+            features[i] = output.features[row]
+            tokens[i] = {name: value[row] for name, value in output.tokens.items()}
+    return features, tokens
+
+
+def extract_features(extractor: FeatureExtractor, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per image (C, h, w) features; images of equal preprocessed size share one forward pass."""
+    return extract_features_and_tokens(extractor, images)[0]

@@ -1,4 +1,9 @@
-"""Keys of a ViT's last attention block as dense features (deep-spectral / CutLER / paper)."""
+"""Keys of a ViT's last attention block as dense features (deep-spectral / CutLER / paper).
+
+On request (``request_tokens``) the same forward also yields the ``TOKEN_NAMES`` the seed
+systems read (SEED_SYSTEMS.md 5.0): the last block's per-head queries and keys, the class
+token's attention over the patches, and the final-norm class and patch tokens.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import timm
 import torch
 from detectron2.config import configurable
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 
-from uis_d2.features.base import FEATURE_EXTRACTOR_REGISTRY, FeatureExtractor
+from uis_d2.features.base import FEATURE_EXTRACTOR_REGISTRY, TOKEN_NAMES, FeatureExtractor
 from uis_d2.features.checkpoints import load_checkpoint
 
 
@@ -43,6 +49,11 @@ class TimmViTKeys(FeatureExtractor):
         self.num_heads = int(attn.num_heads)
         self._qkv: torch.Tensor | None = None
         attn.qkv.register_forward_hook(self._keep_qkv)
+        class_tokens = {"cls_attention", "cls_token"}
+        has_class_token = self.model.cls_token is not None
+        self.provided_tokens = frozenset(
+            name for name in TOKEN_NAMES if has_class_token or name not in class_tokens
+        )
 
     def _keep_qkv(self, _module, _inputs, output: torch.Tensor) -> None:
         self._qkv = output
@@ -59,11 +70,42 @@ class TimmViTKeys(FeatureExtractor):
         )
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extract_with_tokens(images, frozenset())[0]
+
+    def extract_with_tokens(
+        self, images: torch.Tensor, names: frozenset[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch, _, height, width = images.shape
-        self.model.forward_features(images)
+        output = self.model.forward_features(images)
         qkv, self._qkv = self._qkv, None
-        tokens = qkv.shape[1]
-        keys = qkv.reshape(batch, tokens, 3, self.num_heads, -1)[:, :, 1].reshape(batch, tokens, -1)
-        keys = keys[:, self.model.num_prefix_tokens :]
+        prefix = self.model.num_prefix_tokens
         h, w = height // self.stride, width // self.stride
-        return keys.transpose(1, 2).reshape(batch, -1, h, w)
+        queries, keys = qkv.reshape(batch, qkv.shape[1], 3, self.num_heads, -1)[:, :, :2].unbind(2)
+        features = keys[:, prefix:].flatten(2).transpose(1, 2).reshape(batch, -1, h, w)
+        tokens: dict[str, torch.Tensor] = {}
+        if names & {"queries", "keys", "cls_attention"}:
+            tokens = self._attention_tokens(queries, keys, (h, w))
+        if "cls_token" in names:
+            tokens["cls_token"] = output[:, 0]
+        if "patch_tokens" in names:
+            tokens["patch_tokens"] = output[:, prefix:].transpose(1, 2).reshape(batch, -1, h, w)
+        return features, {name: tokens[name] for name in names}
+
+    def _attention_tokens(
+        self, queries: torch.Tensor, keys: torch.Tensor, grid: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """Per-head queries and keys (B, heads, T, d) as the attention uses them (after the
+        block's q_norm/k_norm), and the class token's attention over the patches, recomputed
+        in float32 with the block's scale (fused attention never materialises it): softmax over
+        all T tokens, then the prefix columns dropped without renormalising, as DINO and
+        Leopart read it."""
+        attn = self.model.blocks[-1].attn
+        with torch.autocast("cuda", enabled=False):
+            q = getattr(attn, "q_norm", nn.Identity())(queries.transpose(1, 2).float())
+            k = getattr(attn, "k_norm", nn.Identity())(keys.transpose(1, 2).float())
+            tokens = {"queries": q, "keys": k}
+            if self.model.cls_token is not None:
+                logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
+                patches = logits.softmax(dim=-1)[:, :, 0, self.model.num_prefix_tokens :]
+                tokens["cls_attention"] = patches.reshape(*patches.shape[:2], *grid)
+        return tokens

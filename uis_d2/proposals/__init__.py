@@ -1,6 +1,11 @@
 """Offline pseudo-mask generators (registration by import)."""
 
-from uis_d2.proposals import free_mask, maskcut, spectral_generator  # noqa: F401  (registration)
+from uis_d2.proposals import (  # noqa: F401  (registration)
+    free_mask,
+    maskcut,
+    maskdistill,
+    spectral_generator,
+)
 from uis_d2.proposals.base import (
     PSEUDO_MASK_GENERATOR_REGISTRY,
     ProposalGenerator,

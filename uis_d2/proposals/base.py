@@ -43,8 +43,13 @@ class ProposalGenerator:
     """Base class: turns a batch of decoded images into per-image proposals."""
 
     @torch.no_grad()
-    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
-        """``images``: RGB uint8 tensors (3, H, W) of any sizes, on any device."""
+    def __call__(
+        self, images: list[torch.Tensor], names: list[str] | None = None
+    ) -> list[Proposals]:
+        """``images``: RGB uint8 tensors (3, H, W) of any sizes, on any device; ``names``: their
+        file names as the output records them (relative to the dataset's image root), for
+        generators whose inputs include per-image files (a foreground provider reading saliency
+        maps); the others ignore it."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

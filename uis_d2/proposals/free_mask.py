@@ -110,7 +110,9 @@ class FreeMaskGenerator(ProposalGenerator):
         return self
 
     @torch.no_grad()
-    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
+    def __call__(
+        self, images: list[torch.Tensor], names: list[str] | None = None
+    ) -> list[Proposals]:
         features = extract_features(self.extractor, images)
         return [self._proposals(image, feature) for image, feature in zip(images, features)]
 

@@ -24,6 +24,10 @@ Per image, on the keys of a self-supervised ViT at a square input (aspect not ke
 
 Degenerate inputs give fewer masks, never an error: a constant image has no non-trivial
 eigenvector (no mask), a grid of fewer than 2 patches is skipped.
+
+``MaskCutUnion``, the foreground provider made of the union of an image's cuts, lives here
+rather than in uis_d2/foreground/: the foreground package is imported by the proposals package,
+so it cannot import the generator back.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ from detectron2.config import configurable
 from scipy import ndimage
 
 from uis_d2.features.base import FeatureExtractor, build_feature_extractor, extract_features
+from uis_d2.foreground.base import (
+    FOREGROUND_REGISTRY,
+    ForegroundProvider,
+    build_saliency_extractor,
+)
 from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 from uis_d2.proposals.eigensolvers import thresholded_ncut_operator
 from uis_d2.proposals.spectral import operator_embedding
@@ -193,6 +202,30 @@ def square_resized(image: torch.Tensor, size: int) -> torch.Tensor:
     return x[0].round().clamp(0, 255).to(torch.uint8)
 
 
+def upsample_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(n, h, w) bool grid masks -> (n, H, W) bool at the image's size, nearest neighbour (the
+    reference's upsampling; the square grid stretches back to the image's aspect)."""
+    return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+
+
+def maskcut_params(cfg) -> MaskCutParams:
+    """``PROPOSALS.MASKCUT`` and ``PROPOSALS.SEED`` as parameters (generator and provider)."""
+    m = cfg.PROPOSALS.MASKCUT
+    return MaskCutParams(
+        num_masks=m.NUM_MASKS,
+        input_size=m.INPUT_SIZE,
+        tau=m.TAU,
+        eps=m.EPS,
+        corner_limit=m.CORNER_LIMIT,
+        max_iou_with_previous=m.MAX_IOU_WITH_PREVIOUS,
+        min_patch_fraction=m.MIN_PATCH_FRACTION,
+        solver=m.SOLVER,
+        tol=m.TOL,
+        score=m.SCORE,
+        seed=cfg.PROPOSALS.SEED,
+    )
+
+
 @PSEUDO_MASK_GENERATOR_REGISTRY.register()
 class MaskCutGenerator(ProposalGenerator):
     """MaskCut's N normalised cuts per image (see the module docstring)."""
@@ -204,43 +237,36 @@ class MaskCutGenerator(ProposalGenerator):
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
-        p, m = cfg.PROPOSALS, cfg.PROPOSALS.MASKCUT
+        p = cfg.PROPOSALS
         # The generator resizes to the square itself; the extractor only rounds to its grid.
         extractor = build_feature_extractor(p.EXTRACTOR, short_side=0, max_side=0, amp=p.AMP)
-        params = MaskCutParams(
-            num_masks=m.NUM_MASKS,
-            input_size=m.INPUT_SIZE,
-            tau=m.TAU,
-            eps=m.EPS,
-            corner_limit=m.CORNER_LIMIT,
-            max_iou_with_previous=m.MAX_IOU_WITH_PREVIOUS,
-            min_patch_fraction=m.MIN_PATCH_FRACTION,
-            solver=m.SOLVER,
-            tol=m.TOL,
-            score=m.SCORE,
-            seed=p.SEED,
-        )
-        return {"extractor": extractor, "params": params}
+        return {"extractor": extractor, "params": maskcut_params(cfg)}
 
     def to(self, device: torch.device) -> MaskCutGenerator:
         self.extractor.to(device)
         return self
 
     @torch.no_grad()
-    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
-        if not images:
-            return []
+    def __call__(
+        self, images: list[torch.Tensor], names: list[str] | None = None
+    ) -> list[Proposals]:
+        features, grid_masks = self.grid_masks(images)
+        return [
+            self._proposals(image, feature, masks)
+            for image, feature, masks in zip(images, features, grid_masks)
+        ]
+
+    def grid_masks(self, images: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+        """Per image the features of its square input (C, h, w) and its cuts (n, h, w) bool on
+        that grid, in cut order, earlier cuts' patches removed."""
         inputs = [square_resized(image, self.params.input_size) for image in images]
-        features = extract_features(self.extractor, inputs)
+        features = extract_features(self.extractor, inputs) if images else []
         grid_masks: list[np.ndarray] = [np.zeros(0)] * len(images)
         for indices in group_indices([f.shape for f in features]).values():
             batch = torch.stack([features[i] for i in indices])
             for index, masks in zip(indices, maskcut_grid_masks(batch, self.params)):
                 grid_masks[index] = masks
-        return [
-            self._proposals(image, feature, masks)
-            for image, feature, masks in zip(images, features, grid_masks)
-        ]
+        return features, grid_masks
 
     def _proposals(
         self, image: torch.Tensor, feature: torch.Tensor, masks: np.ndarray
@@ -248,8 +274,7 @@ class MaskCutGenerator(ProposalGenerator):
         """One image's grid masks at its original size, with scores, cut numbers and the mean
         (unpainted) feature inside each mask as its embedding."""
         grid = torch.from_numpy(masks).to(feature.device)
-        size = tuple(image.shape[1:])
-        full = F.interpolate(grid[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        full = upsample_nearest(grid, tuple(image.shape[1:]))
         nonempty = full.flatten(1).any(dim=1).cpu().numpy()
         cut = np.arange(1, len(masks) + 1)[nonempty]
         weights = grid[torch.from_numpy(nonempty).to(grid.device)].flatten(1).float()
@@ -281,3 +306,41 @@ class MaskCutGenerator(ProposalGenerator):
             "score": p.score,
             "seed": p.seed,
         }
+
+
+@FOREGROUND_REGISTRY.register()
+class MaskCutUnion(ForegroundProvider):
+    """Foreground = the union of MaskCut's cuts of the image (``PROPOSALS.MASKCUT``), on the
+    saliency features (``PROPOSALS.SALIENCY.EXTRACTOR``), at pixel resolution: exactly the
+    union of the masks ``MaskCutGenerator`` writes for those features.
+
+    MaskCut cuts a square resize of the image (``MASKCUT.INPUT_SIZE``), so features handed in
+    for the image itself are not used: the provider runs its own forward. A shared saliency
+    extractor still applies its own ``SHORT_SIDE``/``MAX_SIDE`` resize to that square (a no-op
+    when they leave a square of INPUT_SIZE as it is, as in the shipped configs).
+    """
+
+    @configurable
+    def __init__(self, *, generator: MaskCutGenerator) -> None:
+        self.generator = generator
+        self.extractor = generator.extractor
+
+    @classmethod
+    def from_config(cls, cfg, extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+        return {
+            "generator": MaskCutGenerator(
+                extractor=build_saliency_extractor(cfg, extractor), params=maskcut_params(cfg)
+            )
+        }
+
+    @torch.no_grad()
+    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+        _, grid_masks = self.generator.grid_masks(images)
+        maps = []
+        for image, masks in zip(images, grid_masks):
+            union = torch.from_numpy(masks.any(axis=0)).to(image.device)
+            maps.append(upsample_nearest(union[None], tuple(image.shape[1:]))[0])
+        return maps
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": "MaskCutUnion", **self.generator.describe()}

@@ -16,6 +16,9 @@ Choices a user should know (also in the tool's --help):
   when set, so reruns and resumptions reproduce the same bytes.
 - Unreadable images follow ``INPUT.BAD_IMAGE_POLICY``: "skip" warns, records them in
   ``info["skipped"]`` and does not retry them on resume; "fail" stops the run.
+- Generators get each batch's file names (as recorded in the output) besides the images, for
+  per-image inputs such as ExternalMaps' saliency maps; the warnings foreground providers log
+  (a missing map under "skip") are counted and listed in the summary.
 - ``--vis N`` draws the first N ids processed in this run into ``<output stem>_vis/<id>.png``.
 - With several machines, the output folder must be on a file system they all share: rank 0
   merges every machine's shard files.
@@ -52,6 +55,8 @@ from uis_d2.proposals.visualize import save_proposal_grid
 from uis_d2.proposals.writer import MergeSummary, merge_shards, proposals_to_line, skipped_line
 
 logger = logging.getLogger(__name__)
+# Parent of the foreground providers' loggers (uis_d2/foreground/): their warnings are counted.
+FOREGROUND_LOGGER = "uis_d2.foreground"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,19 @@ class GenerationSummary:
     world_size: int
     # Rank 0's wall time by stage: waiting for decoded images, the generator, json lines + vis.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # Warnings of the foreground providers in this invocation, all ranks (e.g. missing maps).
+    foreground_warnings: list[str] = field(default_factory=list)
+
+
+class _WarningLog(logging.Handler):
+    """Keeps the messages of the warnings logged below the logger it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def prepare_job(
@@ -96,7 +114,7 @@ def prepare_job(
     image_root = MetadataCatalog.get(dataset).get("image_root", None)
     image_root = str(image_root) if isinstance(image_root, (str, Path)) else None
     records = sorted(
-        (_image_record(d, image_root, dataset) for d in DatasetCatalog.get(dataset)),
+        (image_record(d, image_root, dataset) for d in DatasetCatalog.get(dataset)),
         key=lambda r: r.image_id,
     )
     counts = Counter(r.image_id for r in records)
@@ -139,11 +157,17 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
     start = time.perf_counter()
     todo = [r for r in job.records if r.image_id not in finished]
     stages: Counter[str] = Counter()
-    with shards.open_writer(rank) as writer:
-        processed = _run(
-            cfg, generator, refiner, todo[rank::world_size], writer, job, device, stages
-        )
+    warnings = _WarningLog()
+    logging.getLogger(FOREGROUND_LOGGER).addHandler(warnings)
+    try:
+        with shards.open_writer(rank) as writer:
+            processed = _run(
+                cfg, generator, refiner, todo[rank::world_size], writer, job, device, stages
+            )
+    finally:
+        logging.getLogger(FOREGROUND_LOGGER).removeHandler(warnings)
     processed_now = sum(comm.all_gather(processed))
+    foreground_warnings = [m for ms in comm.all_gather(warnings.messages) for m in ms]
     if rank != 0:
         comm.synchronize()
         return None
@@ -157,6 +181,7 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
         seconds=time.perf_counter() - start,
         world_size=world_size,
         stage_seconds=dict(stages),
+        foreground_warnings=foreground_warnings,
     )
     print(format_summary(job, summary), flush=True)
     comm.synchronize()
@@ -184,6 +209,12 @@ def format_summary(job: GenerationJob, summary: GenerationSummary, max_listed: i
         )
     if len(merged.skipped) > max_listed:
         lines.insert(3 + max_listed, f"    ... and {len(merged.skipped) - max_listed} more")
+    warned = summary.foreground_warnings
+    if warned:
+        lines.append(f"  foreground warnings: {len(warned)} (e.g. images left without a map)")
+        lines += [f"    {message}" for message in warned[:max_listed]]
+        if len(warned) > max_listed:
+            lines.append(f"    ... and {len(warned) - max_listed} more")
     if job.num_vis:
         lines.append(f"  visualisations: {job.vis_dir}")
     return "\n".join(lines)
@@ -249,7 +280,7 @@ def _run(
             clock = _lap(stages, "decode wait", clock)
             decoded = [(record, image) for record, image, _ in batch if image is not None]
             on_device = [image.to(device, non_blocking=True) for _, image in decoded]
-            outputs = generator(on_device)
+            outputs = generator(on_device, names=[record.file_name for record, _ in decoded])
             clock = _lap(stages, "generator", clock)
             if len(outputs) != len(decoded):
                 raise ValueError(
@@ -296,7 +327,9 @@ def _bad_image_line(cfg, record: ImageRecord, reason: str) -> dict[str, Any]:
     return skipped_line(record.image_id, record.file_name, reason)
 
 
-def _image_record(d: dict[str, Any], image_root: str | None, dataset: str) -> ImageRecord:
+def image_record(d: dict[str, Any], image_root: str | None, dataset: str) -> ImageRecord:
+    """The record of a dataset dict: its id, where to read it, and its file name relative to
+    ``image_root`` when it lies below it (absolute otherwise)."""
     if "file_name" not in d or "image_id" not in d:
         raise KeyError(f"dataset {dataset!r}: a dataset dict lacks file_name or image_id: {d}")
     try:

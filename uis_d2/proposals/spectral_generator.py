@@ -6,6 +6,12 @@ candidate), split into connected components, keep those lying mostly inside a sa
 NMS. Score of a proposal = its saliency overlap (1.0 when saliency is disabled); NMS keeps the
 best-scored mask of a duplicate group, and equal scores prefer the smaller k (candidates are
 enumerated by increasing k).
+
+The saliency map comes from the foreground providers of ``PROPOSALS.SALIENCY.PROVIDERS``
+(uis_d2/foreground/). The default, ``SpectralBorder`` (the paper's), is registered here and runs
+inside the generator, where its clustering shares the instance clustering's call (same features
+on a CPU, one batched call on a GPU); any other provider or combination is called as a plug-in
+and its maps are resized to the instance grid.
 """
 
 from __future__ import annotations
@@ -18,7 +24,19 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 
-from uis_d2.features.base import FeatureExtractor, build_feature_extractor, extract_features
+from uis_d2.features.base import (
+    FeatureExtractor,
+    build_feature_extractor,
+    extract_features,
+    extract_features_and_tokens,
+)
+from uis_d2.foreground.base import (
+    FOREGROUND_REGISTRY,
+    ForegroundProvider,
+    build_foreground_provider,
+    build_saliency_extractor,
+    resize_map,
+)
 from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 from uis_d2.proposals.postprocess import (
     border_foreground,
@@ -41,6 +59,18 @@ class SpectralParams:
     iters: int
     seed: int
     min_component_patches: int
+
+
+def spectral_params(cfg) -> SpectralParams:
+    """``PROPOSALS.SPECTRAL`` and ``PROPOSALS.SEED`` as parameters (generator and provider)."""
+    s = cfg.PROPOSALS.SPECTRAL
+    return SpectralParams(
+        ks=tuple(s.K),
+        restarts=s.KMEANS_RESTARTS,
+        iters=s.KMEANS_ITERS,
+        seed=cfg.PROPOSALS.SEED,
+        min_component_patches=s.MIN_COMPONENT_PATCHES,
+    )
 
 
 @dataclass(frozen=True)
@@ -194,12 +224,42 @@ def upsample_per_image(
     return out
 
 
+@FOREGROUND_REGISTRY.register()
+class SpectralBorder(ForegroundProvider):
+    """The paper's saliency: k-way spectral clustering of the saliency features, foreground =
+    the cluster touching the image border least (``border_foreground``); grid resolution."""
+
+    @configurable
+    def __init__(self, *, extractor: FeatureExtractor, k: int, spectral: SpectralParams) -> None:
+        self.extractor = extractor
+        self.k = k
+        self.spectral = spectral
+
+    @classmethod
+    def from_config(cls, cfg, extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+        return {
+            "extractor": build_saliency_extractor(cfg, extractor),
+            "k": cfg.PROPOSALS.SALIENCY.K,
+            "spectral": spectral_params(cfg),
+        }
+
+    @torch.no_grad()
+    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+        features = features if features is not None else extract_features(self.extractor, images)
+        labels = cluster_grouped(features, [self.k], self.spectral)
+        return saliency_maps([c[self.k] for c in labels], self.k, [f.shape[1:] for f in features])
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": "SpectralBorder", "k": self.k, "extractor": self.extractor.describe()}
+
+
 @PSEUDO_MASK_GENERATOR_REGISTRY.register()
 class SpectralProposalGenerator(ProposalGenerator):
     """Multi-k spectral clustering + component splitting + saliency filter + mask NMS.
 
-    ``saliency_extractor``: None disables saliency (every proposal scores 1); ``extractor``
-    itself makes the saliency reuse the instance features and their clustering.
+    Saliency: ``saliency_extractor`` runs the built-in ``SpectralBorder`` path (``extractor``
+    itself makes it reuse the instance features and their clustering); ``foreground`` is any
+    other provider; neither disables saliency (every proposal scores 1).
     """
 
     @configurable
@@ -211,34 +271,33 @@ class SpectralProposalGenerator(ProposalGenerator):
         spectral: SpectralParams,
         saliency: SaliencyParams,
         nms_thresh: float,
+        foreground: ForegroundProvider | None = None,
     ) -> None:
+        if foreground is not None and saliency_extractor is not None:
+            raise ValueError("give either the SpectralBorder saliency extractor or a provider")
         self.extractor = extractor
         self.saliency_extractor = saliency_extractor
+        self.foreground = foreground
         self.spectral = spectral
         self.saliency = saliency
         self.nms_thresh = nms_thresh
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
-        p, s = cfg.PROPOSALS, cfg.PROPOSALS.SPECTRAL
+        p = cfg.PROPOSALS
         extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
-        saliency_extractor = None
-        if p.SALIENCY.ENABLED:  # one shared module when both extractor configs are identical
-            saliency_extractor = (
-                extractor
-                if p.SALIENCY.EXTRACTOR == p.EXTRACTOR
-                else build_feature_extractor(p.SALIENCY.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
-            )
+        # One shared module when both extractor configs are identical.
+        shared = extractor if p.SALIENCY.EXTRACTOR == p.EXTRACTOR else None
+        saliency_extractor = foreground = None
+        if p.SALIENCY.ENABLED and list(p.SALIENCY.PROVIDERS) == ["SpectralBorder"]:
+            saliency_extractor = build_saliency_extractor(cfg, shared)
+        elif p.SALIENCY.ENABLED:
+            foreground = build_foreground_provider(cfg, extractor=shared)
         return {
             "extractor": extractor,
             "saliency_extractor": saliency_extractor,
-            "spectral": SpectralParams(
-                ks=tuple(s.K),
-                restarts=s.KMEANS_RESTARTS,
-                iters=s.KMEANS_ITERS,
-                seed=p.SEED,
-                min_component_patches=s.MIN_COMPONENT_PATCHES,
-            ),
+            "foreground": foreground,
+            "spectral": spectral_params(cfg),
             "saliency": SaliencyParams(k=p.SALIENCY.K, overlap_thresh=p.SALIENCY.OVERLAP_THRESH),
             "nms_thresh": p.NMS_THRESH,
         }
@@ -247,21 +306,31 @@ class SpectralProposalGenerator(ProposalGenerator):
         self.extractor.to(device)
         if self.saliency_extractor is not None:
             self.saliency_extractor.to(device)
+        if self.foreground is not None:
+            self.foreground.to(device)
         return self
 
     @torch.no_grad()
-    def __call__(self, images: list[torch.Tensor]) -> list[Proposals]:
+    def __call__(
+        self, images: list[torch.Tensor], names: list[str] | None = None
+    ) -> list[Proposals]:
         if not images:  # a batch of unreadable files only
             return []
         ks = [int(k) for k in self.spectral.ks]
-        features = extract_features(self.extractor, images)
+        # Tokens a provider sharing the instance extractor asked for come from this forward.
+        features, tokens = extract_features_and_tokens(self.extractor, images)
         clusters, saliency_labels = self._cluster(images, features, ks)
+        grids = [tuple(f.shape[1:]) for f in features]
         saliency = None
         if saliency_labels is not None:
             k = self.saliency.k
-            saliency = saliency_maps(
-                [s[k] for s in saliency_labels], k, [tuple(f.shape[1:]) for f in features]
-            )
+            saliency = saliency_maps([s[k] for s in saliency_labels], k, grids)
+        elif self.foreground is not None:
+            if self.foreground.extractor is self.extractor:
+                maps = self.foreground(images, features, tokens, names=names)
+            else:
+                maps = self.foreground(images, names=names)
+            saliency = [resize_map(m.to(f.device), g) for m, f, g in zip(maps, features, grids)]
         return self._proposals(images, features, clusters, saliency)
 
     def _cluster(
@@ -344,6 +413,7 @@ class SpectralProposalGenerator(ProposalGenerator):
             "saliency_extractor": (
                 None if self.saliency_extractor is None else self.saliency_extractor.describe()
             ),
+            "foreground": None if self.foreground is None else self.foreground.describe(),
             "K": list(self.spectral.ks),
             "saliency_k": self.saliency.k,
             "saliency_overlap_thresh": self.saliency.overlap_thresh,

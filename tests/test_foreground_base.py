@@ -1,0 +1,127 @@
+"""The foreground registry: combinations, resizing, building by name, and the spectral
+generator's saliency through a provider."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import uis_d2  # noqa: F401
+from uis_d2.config import get_cfg
+from uis_d2.data.synthetic import render_scene
+from uis_d2.foreground import CombinedForeground, ForegroundProvider, build_foreground_provider
+from uis_d2.foreground.base import resize_map
+from uis_d2.proposals import build_pseudo_mask_generator
+from uis_d2.proposals.spectral_generator import SpectralBorder, SpectralProposalGenerator
+
+
+class _Fixed(ForegroundProvider):
+    """Returns the same map for every image."""
+
+    def __init__(self, foreground: torch.Tensor) -> None:
+        self.foreground = foreground
+
+    def __call__(self, images, features=None, tokens=None, names=None):
+        return [self.foreground.clone() for _ in images]
+
+    def describe(self):
+        return {"provider": "fixed"}
+
+
+def _grid(rows: slice, cols: slice, size=(4, 4)) -> torch.Tensor:
+    out = torch.zeros(size, dtype=torch.bool)
+    out[rows, cols] = True
+    return out
+
+
+def test_combinations_intersect_or_unite_at_the_first_providers_resolution():
+    left = _Fixed(_grid(slice(None), slice(0, 2)))  # left half, 4 x 4
+    top_pixels = _Fixed(_grid(slice(0, 4), slice(None), size=(8, 8)))  # top half, 8 x 8 pixels
+    image = [torch.zeros((3, 8, 8), dtype=torch.uint8)]
+    (both,) = CombinedForeground([left, top_pixels], "intersection")(image)
+    (either,) = CombinedForeground([left, top_pixels], "union")(image)
+    assert both.shape == (4, 4) and both.sum() == 4 and both[:2, :2].all()
+    assert either.sum() == 12 and not either[3, 3]
+    with pytest.raises(ValueError, match="PROPOSALS.SALIENCY.COMBINE"):
+        CombinedForeground([left], "xor")
+
+
+def test_resize_map_shrinks_by_majority_and_grows_back_to_the_same_grid():
+    grid = _grid(slice(0, 1), slice(0, 2))
+    assert torch.equal(resize_map(resize_map(grid, (8, 8)), (4, 4)), grid)
+    pixels = torch.zeros((8, 8), dtype=torch.bool)
+    pixels[0, 0] = True  # 1 of a cell's 4 pixels: not a majority
+    assert not resize_map(pixels, (4, 4)).any()
+
+
+def _synthetic_cfg():
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/proposals/synthetic.yaml")
+    return cfg
+
+
+def test_providers_are_built_by_name_with_clear_errors():
+    cfg = _synthetic_cfg()
+    assert isinstance(build_foreground_provider(cfg), SpectralBorder)
+    cfg.PROPOSALS.SALIENCY.PROVIDERS = ["NoSuchProvider"]
+    with pytest.raises(KeyError, match="PROPOSALS.SALIENCY.PROVIDERS.*NoSuchProvider"):
+        build_foreground_provider(cfg)
+    cfg.PROPOSALS.SALIENCY.PROVIDERS = []
+    with pytest.raises(ValueError, match="PROPOSALS.SALIENCY.PROVIDERS is empty"):
+        build_foreground_provider(cfg)
+    cfg.PROPOSALS.SALIENCY.PROVIDERS = ["SpectralBorder", "SpectralBorder"]
+    combined = build_foreground_provider(cfg)
+    assert isinstance(combined, CombinedForeground) and combined.mode == "intersection"
+
+
+def _scenes(count: int) -> list[torch.Tensor]:
+    return [
+        torch.from_numpy(render_scene(np.random.default_rng([4, i]))[0]).permute(2, 0, 1)
+        for i in range(count)
+    ]
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(torch.as_tensor(x.masks), torch.as_tensor(y.masks))
+        np.testing.assert_array_equal(x.scores, y.scores)
+
+
+def test_spectral_border_provider_reproduces_the_built_in_saliency():
+    """With separate saliency features the built-in path clusters them on their own, as the
+    registered provider does: the same proposals either way."""
+    cfg = _synthetic_cfg()
+    cfg.PROPOSALS.SALIENCY.EXTRACTOR.PATCH_SIZE = 16  # a distinct module and grid
+    built_in = build_pseudo_mask_generator(cfg)
+    assert built_in.saliency_extractor is not built_in.extractor
+    provider = SpectralBorder(
+        extractor=built_in.saliency_extractor, k=2, spectral=built_in.spectral
+    )
+    via_provider = SpectralProposalGenerator(
+        extractor=built_in.extractor,
+        saliency_extractor=None,
+        foreground=provider,
+        spectral=built_in.spectral,
+        saliency=built_in.saliency,
+        nms_thresh=built_in.nms_thresh,
+    )
+    images = _scenes(3)
+    _same(built_in(images), via_provider(images))
+
+
+def test_an_all_foreground_provider_filters_nothing():
+    cfg = _synthetic_cfg()
+    cfg.PROPOSALS.SALIENCY.ENABLED = False
+    plain = build_pseudo_mask_generator(cfg)
+    everything = SpectralProposalGenerator(
+        extractor=plain.extractor,
+        saliency_extractor=None,
+        foreground=_Fixed(torch.ones((3, 3), dtype=torch.bool)),  # resized to each grid
+        spectral=plain.spectral,
+        saliency=plain.saliency,
+        nms_thresh=plain.nms_thresh,
+    )
+    images = _scenes(2)
+    _same(plain(images), everything(images))
