@@ -68,6 +68,11 @@ def _report(tmp_path, image_names):
     return out, paths
 
 
+def test_draw_masks_without_masks_returns_the_image():
+    image = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    assert np.array_equal(draw_masks(image, []), image)
+
+
 def test_report_renders_table_and_pictures_in_chromium(tmp_path):
     out, paths = _report(tmp_path, ["a.png", "b.png"])
     page = write_report(out, ROWS, [("Overlays", paths)], ["command: x"])

@@ -14,6 +14,8 @@ from uis_d2.utils.masks import rle_to_mask
 
 def instance_colours(n: int, seed: int = 0) -> np.ndarray:
     """``n`` well-separated bright colours (golden-ratio hue steps), stable across calls."""
+    if n == 0:  # an image without masks (OpenCV rejects an empty conversion)
+        return np.zeros((0, 3), dtype=np.uint8)
     hues = (np.arange(n) * 0.618033988749895 + 0.1 * seed) % 1.0
     hsv = np.stack([hues * 179, np.full(n, 200), np.full(n, 255)], axis=1).astype(np.uint8)
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
