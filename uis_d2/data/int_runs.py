@@ -61,18 +61,11 @@ class IntRuns:
             self._payloads.append(payload)
         self._count += 1
 
-    def last(self) -> int | None:
-        return self._starts[-1] + self._lengths[-1] - 1 if self._starts else None
-
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return tuple(
             np.frombuffer(a, dtype=np.int64) if a else np.zeros(0, np.int64)
             for a in (self._starts, self._lengths, self._positions, self._payloads)
         )
-
-    def max(self) -> int | None:
-        starts, lengths, _, _ = self._arrays()
-        return int((starts + lengths - 1).max()) if starts.size else None
 
     def repeats(self) -> list[Repeat]:
         """Every range of values met more than once, in value order (a value met three times

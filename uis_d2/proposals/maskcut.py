@@ -118,8 +118,7 @@ def cut_from_vector(vector: np.ndarray, grid: tuple[int, int], corner_limit: int
     applies its rule to whatever sign its solver returns, and that rule is not sign-symmetric:
     with fewer corners than the limit and a negative seed entry, it flips to the corners' side
     and keeps the seed there, where the opposite sign keeps the other side and its peak. Fixing
-    the sign makes the cut a function of the graph alone (benchmarks/bench_maskcut.py found one
-    cut in 14 that the sign alone changed).
+    the sign makes the cut a function of the graph alone.
     """
     height, width = grid
     peak = int(np.argmax(np.abs(vector)))
