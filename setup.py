@@ -27,20 +27,22 @@ setup(
         "orjson>=3.9",
         "ijson>=3.2",  # streams COCO-scale pseudo-label jsons (data/pseudo_labels.py)
         "numba>=0.60",
+        # Connected components (MaskCut, foreground providers), Hungarian matching, the sparse
+        # kNN graph and Lanczos solver of the pseudo-class clustering.
+        "scipy>=1.10",
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval>=1.6"],
         # PROPOSALS.REFINE.BACKEND "pydensecrf": the reference dense CRF (a maintained fork of
         # pydensecrf; built from source, needs a C++ compiler). The "torch" backend needs nothing.
         "crf": ["pydensecrf2>=1.1"],
-        # scikit-learn and scipy: the reference implementations tests and benchmarks compare to.
+        # scikit-learn: the reference implementations tests and benchmarks compare to.
         "test": [
             "pytest>=7",
             "pytest-xdist",
             "hypothesis>=6",
             "ruff",
             "scikit-learn>=1.2",
-            "scipy>=1.10",
         ],
     },
 )

@@ -16,32 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 import uis_d2  # noqa: F401  (compat fixes before anything imports detectron2)
 from uis_d2.data.datasets import datasets_root
+from uis_d2.data.semantic import read_label_png
+from uis_d2.data.semantic_datasets import VOC_CLASSES
 from uis_d2.utils.files import atomic_write_json
 from uis_d2.utils.masks import mask_to_box_xywh, mask_to_rle
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
 BACKGROUND, VOID = 0, 255
-
-
-def read_index_png(path: Path) -> np.ndarray:
-    """The palette indices of a VOC label PNG as an (H, W) uint8 array."""
-    if not path.is_file():
-        raise FileNotFoundError(f"VOC label PNG not found: {path}")
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(
-                f"{path}: expected a palette (P) or gray (L) PNG, got mode {image.mode}"
-            )
-        return np.array(image)
 
 
 def image_instances(objects: np.ndarray, classes: np.ndarray, source: Path) -> list[dict[str, Any]]:
@@ -84,8 +68,8 @@ def convert_voc(voc_root: str | Path, split: str) -> dict[str, Any]:
         if not (voc_root / "JPEGImages" / f"{name}.jpg").is_file():
             raise FileNotFoundError(f"VOC image not found: {voc_root / 'JPEGImages' / name}.jpg")
         object_png = voc_root / "SegmentationObject" / f"{name}.png"
-        objects = read_index_png(object_png)
-        classes = read_index_png(voc_root / "SegmentationClass" / f"{name}.png")
+        objects = read_label_png(object_png)
+        classes = read_label_png(voc_root / "SegmentationClass" / f"{name}.png")
         height, width = objects.shape
         images.append(
             {"id": image_id, "file_name": f"{name}.jpg", "height": height, "width": width}

@@ -2,9 +2,11 @@
 
 import cv2
 import numpy as np
+import pytest
 
 import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from scripts import REPO, load_script
+from uis_d2.data.image_io import BadImageError
 
 OPTS = [
     "MODEL.SOLOV2.SCORE_THR", "0.0", "MODEL.SOLOV2.UPDATE_THR", "0.0",
@@ -24,7 +26,8 @@ def test_demo_draws_predictions_and_counts_unreadable_inputs(tmp_path, capsys):
     config = str(REPO / "configs/synthetic/solov2_freesolo_cpu.yaml")
     argv = ["--config-file", config, "--input", str(images), "--output", str(out)]
     code = demo.main([*argv, "--confidence-threshold", "0", "--opts", *OPTS])
-    assert code == 1  # one input could not be read
+    assert code == 0  # the unreadable input is skipped (INPUT.BAD_IMAGE_POLICY skip) and named
+    assert "broken.png" in capsys.readouterr().out
     written = sorted(p.name for p in out.glob("*.png"))
     assert len(written) == 2 and not any("broken" in n for n in written)
     for name, source in zip(written, ("a.png", "b.png"), strict=True):
@@ -32,6 +35,9 @@ def test_demo_draws_predictions_and_counts_unreadable_inputs(tmp_path, capsys):
         original = cv2.imread(str(images / source))
         assert overlay.shape == original.shape
         assert (overlay != original).any()  # predictions were drawn
+    with pytest.raises(BadImageError, match="broken.png"):
+        demo.main([*argv, "--output", str(tmp_path / "again"), "--opts", *OPTS,
+                   "INPUT.BAD_IMAGE_POLICY", "fail"])  # fmt: skip
 
 
 def test_demo_names_a_missing_input(tmp_path, capsys):

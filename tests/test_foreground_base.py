@@ -22,7 +22,7 @@ class _Fixed(ForegroundProvider):
     def __init__(self, foreground: torch.Tensor) -> None:
         self.foreground = foreground
 
-    def __call__(self, images, features=None, tokens=None, names=None):
+    def __call__(self, images, features=None, tokens=None, names=None, clusters=None):
         return [self.foreground.clone() for _ in images]
 
     def describe(self):
@@ -125,3 +125,39 @@ def test_an_all_foreground_provider_filters_nothing():
     )
     images = _scenes(2)
     _same(plain(images), everything(images))
+
+
+def test_a_combination_reuses_the_instance_clustering_of_a_shared_extractor(monkeypatch):
+    """SpectralBorder in a combination, on the instance extractor, takes the generator's label
+    maps: the proposals of the built-in default and no clustering call beyond its own."""
+    from uis_d2.proposals import spectral_generator
+
+    cfg = _synthetic_cfg()
+    built_in = build_pseudo_mask_generator(cfg)
+    assert built_in.saliency_extractor is built_in.extractor
+    combined = SpectralProposalGenerator(
+        extractor=built_in.extractor,
+        saliency_extractor=None,
+        foreground=CombinedForeground(
+            [
+                SpectralBorder(extractor=built_in.extractor, k=2, spectral=built_in.spectral),
+                _Fixed(torch.ones((3, 3), dtype=torch.bool)),
+            ],
+            "intersection",
+        ),
+        spectral=built_in.spectral,
+        saliency=built_in.saliency,
+        nms_thresh=built_in.nms_thresh,
+    )
+    calls = []
+    clustering = spectral_generator.spectral_clustering
+    monkeypatch.setattr(
+        spectral_generator,
+        "spectral_clustering",
+        lambda *a, **k: calls.append(1) or clustering(*a, **k),
+    )
+    images = _scenes(3)
+    expected = built_in(images)
+    default_calls = len(calls)
+    _same(expected, combined(images))
+    assert default_calls > 0 and len(calls) == 2 * default_calls

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import uis_d2  # noqa: F401  (registrations)
 from uis_d2.config import load_config
 from uis_d2.data.synthetic import render_scene
-from uis_d2.features.base import build_feature_extractor
+from uis_d2.features.base import build_feature_extractor, extract_features
 from uis_d2.foreground import build_foreground_provider
+from uis_d2.foreground.base import resize_map
 from uis_d2.proposals import build_pseudo_mask_generator
 from uis_d2.proposals.maskcut import MaskCutGenerator, MaskCutUnion
 
@@ -30,7 +32,7 @@ def _scenes(count: int) -> list[torch.Tensor]:
 
 
 def test_the_map_is_the_union_of_the_generators_masks_at_pixel_resolution():
-    cfg = _cfg()
+    cfg = _cfg("PROPOSALS.FOREGROUND.MASKCUT_UNION.SHARED_FEATURES", "False")
     provider = build_foreground_provider(cfg, "MaskCutUnion")
     assert isinstance(provider, MaskCutUnion)
     generator = build_pseudo_mask_generator(cfg)
@@ -61,11 +63,46 @@ def test_it_uses_the_saliency_extractor_or_the_one_it_is_given():
     assert described["provider"] == "MaskCutUnion" and described["num_masks"] == 4
 
 
-def test_no_images_give_no_maps_and_a_constant_image_an_empty_one():
-    provider = build_foreground_provider(_cfg(), "MaskCutUnion")
+def test_shared_features_cut_the_images_own_grid_as_the_generator_does_without_a_square():
+    cfg = _cfg("PROPOSALS.MASKCUT.INPUT_SIZE", "0")  # the generator then cuts the image's grid
+    provider = build_foreground_provider(cfg, "MaskCutUnion")
+    generator = build_pseudo_mask_generator(cfg)
+    images = _scenes(3)
+    maps = provider(images)
+    handed = provider(images, features=extract_features(provider.extractor, images))
+    for foreground, again, p in zip(maps, handed, generator(images), strict=True):
+        union = p.debug["grid_masks"].any(axis=0)
+        assert foreground.shape == p.debug["grid_size"] and union.any()
+        assert np.array_equal(foreground.numpy(), union) and torch.equal(foreground, again)
+
+
+def test_in_the_spectral_generator_it_reuses_the_instance_forward(monkeypatch):
+    cfg = _cfg(
+        "PROPOSALS.GENERATOR", "SpectralProposalGenerator",
+        "PROPOSALS.SALIENCY.PROVIDERS", "['MaskCutUnion']",
+    )  # fmt: skip
+    generator = build_pseudo_mask_generator(cfg)
+    assert generator.foreground.extractor is generator.extractor
+    calls = []
+    forward = type(generator.extractor).forward
+    monkeypatch.setattr(
+        type(generator.extractor),
+        "forward",
+        lambda self, *a, **k: calls.append(1) or forward(self, *a, **k),
+    )
+    images = _scenes(3)
+    generator(images)
+    assert len(calls) == len({tuple(i.shape) for i in images})  # one forward per image size
+
+
+@pytest.mark.parametrize("shared", ["True", "False"])
+def test_no_images_give_no_maps_and_a_constant_image_an_empty_one(shared):
+    cfg = _cfg("PROPOSALS.FOREGROUND.MASKCUT_UNION.SHARED_FEATURES", shared)
+    provider = build_foreground_provider(cfg, "MaskCutUnion")
     assert provider([]) == []
     (empty,) = provider([torch.full((3, 40, 56), 90, dtype=torch.uint8)])
-    assert empty.shape == (40, 56) and not empty.any()
+    assert not empty.any()
+    assert empty.shape == ((40, 56) if shared == "False" else (5, 7))
 
 
 def test_it_serves_as_the_spectral_generators_saliency():
@@ -79,6 +116,7 @@ def test_it_serves_as_the_spectral_generators_saliency():
     maps = build_foreground_provider(cfg, "MaskCutUnion")(images)
     for p, foreground in zip(generator(images), maps, strict=True):
         masks = torch.as_tensor(p.masks)
+        foreground = resize_map(foreground, tuple(masks.shape[1:]))
         # Kept proposals lie mostly inside the foreground (the grid-level filter, at 0.5).
         inside = (masks & foreground).flatten(1).sum(1) / masks.flatten(1).sum(1)
         assert len(masks) > 0 and (inside > 0.3).all()

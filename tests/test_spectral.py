@@ -122,7 +122,7 @@ def test_compiled_lloyd_steps_equal_the_batched_torch_steps():
     vectors = torch.randn(3, 300, 4, generator=torch.Generator().manual_seed(0))
     runs = spectral._Runs.build(vectors, [4, 3, 2], restarts=8)
     uniform = torch.rand(4, len(runs.k), 3, generator=torch.Generator().manual_seed(1))
-    seeds = spectral._kmeans_plus_plus(
+    seeds = spectral.kmeans_plus_plus(
         runs.points(torch.arange(len(runs.k)), 4)[:, :4], runs.k, uniform
     )
     compiled = spectral._lloyd(runs, seeds.clone(), iters=30)

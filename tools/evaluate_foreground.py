@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from uis_d2.config import load_config
 from uis_d2.data.datasets import load_class_agnostic
+from uis_d2.data.image_folder import FOLDER_PREFIX, ensure_dataset, spec_path
 from uis_d2.data.image_io import BadImageError, read_image
 from uis_d2.evaluation.foreground import (
     ForegroundCounts,
@@ -81,7 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, help="proposal config (configs/proposals)")
-    parser.add_argument("--dataset", help="registered detectron2 dataset name with ground truth")
+    parser.add_argument(
+        "--dataset",
+        help="registered detectron2 dataset name with ground truth (a folder:PATH has none: give "
+        "--gt and --images)",
+    )
     parser.add_argument("--gt", help="ground-truth COCO json (instead of --dataset)")
     parser.add_argument("--images", help="folder the --gt file names are relative to")
     parser.add_argument("--providers", nargs="+", required=True, help="FOREGROUND_REGISTRY names")
@@ -124,7 +129,12 @@ def load_records(args: argparse.Namespace) -> list[tuple[ImageRecord, dict[str, 
     """(record, dataset dict) per image, by image id, at most --limit. Records name images as
     generate_proposals.py does (relative to the image root), which ExternalMaps looks up."""
     if args.dataset is not None:
-        dataset, dicts = args.dataset, DatasetCatalog.get(args.dataset)
+        if args.dataset.startswith(FOLDER_PREFIX):
+            raise ValueError(
+                f"--dataset {args.dataset}: an image folder has no ground truth to compare with; "
+                f"give --gt GT.json --images {spec_path(args.dataset)}"
+            )
+        dataset, dicts = args.dataset, DatasetCatalog.get(ensure_dataset(args.dataset))
         image_root = MetadataCatalog.get(args.dataset).get("image_root", None)
         image_root = str(image_root) if image_root is not None else None
     else:
@@ -146,7 +156,9 @@ class _Replay(ForegroundProvider):
     def __init__(self, maps: list[torch.Tensor]) -> None:
         self.maps = maps
 
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
         return self.maps
 
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Generate pseudo-mask proposals for a registered dataset and write them as COCO json.
+"""Generate pseudo-mask proposals for a dataset and write them as COCO json.
 
 Example (two GPUs, or two CPU processes with gloo when there is no GPU):
 
     python tools/generate_proposals.py --config-file configs/proposals/synthetic.yaml \
         --dataset synthetic_train --output datasets/synthetic/pseudo/train.json --num-gpus 2
+
+--dataset takes a registered name or ``folder:PATH``, every image under PATH (sub-folders
+included; ids stable as the folder changes, see uis_d2/data/image_folder.py); train on the result
+with ``DATASETS.TRAIN '("pseudo:OUT.json",)'``.
 
 Interrupted runs resume from OUT.json.shards/ when started again with the same arguments (any
 process count); the result is byte-identical to an uninterrupted run. See
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import uis_d2  # noqa: F401  (compat fixes and registrations before detectron2 is used)
 
@@ -24,7 +27,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from uis_d2.config import load_config
-from uis_d2.proposals.runner import GenerationJob, generate_on_this_rank, prepare_job, uses_cuda
+from uis_d2.data.image_folder import ensure_dataset
+from uis_d2.proposals.runner import (
+    GenerationJob,
+    check_checkpoints,
+    generate_on_this_rank,
+    prepare_job,
+    uses_cuda,
+)
 from uis_d2.utils.launch import launch_from_args
 
 
@@ -33,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, help="proposal config (configs/proposals)")
-    parser.add_argument("--dataset", required=True, help="registered detectron2 dataset name")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="registered detectron2 dataset name, or folder:PATH (every image under PATH)",
+    )
     parser.add_argument("--output", required=True, help="pseudo-label json to write")
     parser.add_argument(
         "--num-gpus",
@@ -47,23 +61,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine"
     )
-    parser.add_argument("--limit", type=int, default=None, help="only the first N image ids")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N image ids (of a folder: a fixed pseudo-random sample)",
+    )
     parser.add_argument(
         "--vis", type=int, default=0, help="draw the first N image ids to <output stem>_vis/"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
-
-
-def check_checkpoints(cfg) -> None:
-    """Fail before any process starts, naming the option, when a configured checkpoint is absent."""
-    p = cfg.PROPOSALS
-    nodes = {"PROPOSALS.EXTRACTOR": p.EXTRACTOR}
-    if p.SALIENCY.ENABLED:
-        nodes["PROPOSALS.SALIENCY.EXTRACTOR"] = p.SALIENCY.EXTRACTOR
-    for key, node in nodes.items():
-        if node.CHECKPOINT and not Path(node.CHECKPOINT).is_file():
-            raise FileNotFoundError(f"{key}.CHECKPOINT = {node.CHECKPOINT!r}: file not found")
 
 
 def run_rank(cfg, job: GenerationJob) -> None:
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     check_checkpoints(cfg)
+    ensure_dataset(args.dataset, cfg.INPUT.BAD_IMAGE_POLICY)
     job = prepare_job(args.dataset, args.output, limit=args.limit, num_vis=args.vis)
     launch_from_args(run_rank, args, (cfg, job), backend="nccl" if uses_cuda(cfg) else "gloo")
 

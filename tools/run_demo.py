@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,15 +32,13 @@ from pathlib import Path
 import uis_d2  # noqa: F401  (compat before detectron2)
 
 # isort: split
-import detectron2
-import torch
 
 from uis_d2.report.curves import plot_loss_curves
 from uis_d2.report.overlays import annotations_by_image, write_comparison_grids
 from uis_d2.report.page import format_table, write_report
+from uis_d2.report.steps import REPO, Steps, run_record
 from uis_d2.utils.files import atomic_write_json
 
-REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
 GENERATOR_CONFIGS = {
     "spectral": REPO / "configs/proposals/synthetic.yaml",
@@ -180,64 +177,6 @@ def predictions_path(train_dir: Path, round_index: int) -> Path:
     return evaluation_dir(train_dir, round_index) / "class_agnostic_predictions.json"
 
 
-class Steps:
-    """Runs the tools, each unless its output exists, and keeps how long each took (so that a
-    figure quoted from a demo run can be checked against its metrics.json)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.skipped: list[str] = []
-
-    def run(self, title: str, command: list, done: Path) -> None:
-        """A failure stops the demo with the tool's output."""
-        if done.exists():
-            self.skip(title, done)
-            return
-        print(f"== {title}\n   $ {' '.join(str(c) for c in command)}", flush=True)
-        start = time.perf_counter()
-        subprocess.run([sys.executable, *map(str, command)], check=True, cwd=REPO)
-        self.seconds[title] = round(time.perf_counter() - start, 1)
-        print(f"   {title}: {self.seconds[title]:.0f} s", flush=True)
-
-    def skip(self, title: str, done: Path) -> None:
-        print(f"== {title}: already done ({done})")
-        self.skipped.append(title)
-
-
-def git_commit() -> dict[str, str | bool | None]:
-    """The checkout's commit and whether tracked files differ from it (None outside git)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        except OSError:
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "modified": None if status is None else bool(status),
-    }
-
-
-def run_record(argv: list[str], steps: Steps, started: datetime.datetime, total: float) -> dict:
-    """What produced this metrics.json: command, commit, software, machine and timings."""
-    route_file = Path(sys.prefix) / "detectron2-route"
-    return {
-        "command": " ".join(["python", "tools/run_demo.py", *argv]),
-        **git_commit(),
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": {**steps.seconds, "total": round(total, 1)},
-        "skipped_steps": steps.skipped,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "detectron2": detectron2.__version__,
-        "detectron2_route": route_file.read_text().strip() if route_file.is_file() else None,
-    }
-
-
 def ensure_synthetic(root: Path, args: argparse.Namespace, steps: Steps) -> None:
     """(Re)generate the data when absent or made with other parameters."""
     params = {"num_train": args.num_train, "num_val": args.num_val, "seed": args.seed}
@@ -350,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets = [*generators, *variants]
     write_pictures_and_report(out, synthetic, gt_val, sets, trainings, args, summary)
     total = time.perf_counter() - started
-    metrics["run"] = run_record(argv, steps, started_at, total)
+    metrics["run"] = run_record(["python", "tools/run_demo.py", *argv], steps, started_at, total)
     atomic_write_json(out / "metrics.json", metrics, indent=2)
     print("\nClass-agnostic mask metrics on synthetic_val:\n" + format_table(summary))
     print(f"\nreport: {out / 'index.html'}  ({total:.0f} s in all)")

@@ -5,6 +5,11 @@ or evaluate a model.
     tools/train_net.py --config-file configs/coco/solov2_R101_densecl_engstler.yaml
     tools/train_net.py --config-file CFG --num-gpus 4 [--resume] [KEY VALUE ...]
     tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/round1/model_final.pth
+    tools/train_net.py --config-file CFG DATASETS.TRAIN '("pseudo:OUT.json",)' DATASETS.TEST '()'
+
+DATASETS.TRAIN and DATASETS.TEST take registered names or specs (uis_d2/data/image_folder.py):
+``pseudo:OUT.json`` trains on the pseudo-labels tools/generate_proposals.py wrote, e.g. for
+``--dataset folder:PATH``, with the images where its info["image_root"] says.
 
 Training writes OUTPUT_DIR/round{r}/ per round (r = 1..SELF_TRAINING.ROUNDS): checkpoints,
 metrics.json, TensorBoard events, inference/<dataset>/class_agnostic_{predictions,metrics}.json,

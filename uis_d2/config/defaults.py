@@ -8,6 +8,7 @@ Every key carries a comment saying what it controls and where its default comes 
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
 
 
 def add_solov2_config(cfg: CN) -> None:
@@ -122,6 +123,11 @@ def add_input_config(cfg: CN) -> None:
     # size MODEL.SOLOV2.EMBED_DIM 0 from them; the R-CNN configs set False: their heads have no
     # use for embeddings, so the store is not read (open).
     cfg.INPUT.PSEUDO_MASKS.EMBEDDINGS = True
+    # "agnostic": every pseudo-mask is one "object" class (the class-agnostic papers); "pseudo":
+    # the file's categories (pseudo-classes, e.g. tools/cluster_pseudo_classes.py's cluster ids)
+    # become classes 0..K-1, and MODEL.SOLOV2.NUM_CLASSES / MODEL.ROI_HEADS.NUM_CLASSES must be K
+    # (MaskDistill's class-aware distillation) (open).
+    cfg.INPUT.PSEUDO_MASKS.CLASSES = "agnostic"
 
     cfg.INPUT.COPY_PASTE = CN()
     # Paste instances of another training image into the current one (paper, A.2.1).
@@ -256,6 +262,18 @@ def add_proposals_config(cfg: CN) -> None:
     p.FOREGROUND.EXTERNAL.THRESH = 0.5
     # ... and a map with at most this many foreground pixels counts as empty (COMUS: 400).
     p.FOREGROUND.EXTERNAL.MIN_PIXELS = 400
+    # "MaskCutUnion": the union of MaskCut's cuts (PROPOSALS.MASKCUT) of SALIENCY.EXTRACTOR's
+    # features. True cuts the features of the image as that extractor sees it (SHORT_SIDE /
+    # MAX_SIDE, aspect kept), which the spectral generator has already computed when it shares
+    # the extractor: no second forward, and the graph has the instance grid's size. False cuts
+    # MaskCut's own square input of MASKCUT.INPUT_SIZE: exactly the union of the masks
+    # MaskCutGenerator writes, at the cost of a second forward on a larger grid (open; measured
+    # in benchmarks/bench_proposals.py --providers).
+    # "ForegroundGenerator" (COMUS's salient-object proposal): an image whose foreground map
+    # holds at most this many pixels at the image's size gets no proposal (COMUS: 400).
+    p.FOREGROUND.MIN_PIXELS = 400
+    p.FOREGROUND.MASKCUT_UNION = CN()
+    p.FOREGROUND.MASKCUT_UNION.SHARED_FEATURES = True
 
     p.FREE_MASK = CN()
     # Scales of the query pyramid (paper: 1.0, 0.5, 0.25).
@@ -361,6 +379,63 @@ def add_rcnn_config(cfg: CN) -> None:
     cfg.MODEL.ROI_HEADS.DROPLOSS.IOU_THRESH = 0.01
 
 
+def add_semantic_config(cfg: CN) -> None:
+    """The semantic stage (uis_d2/semantic/): DeepLab-v3 trained on semantic pseudo-label maps,
+    MaskDistill (sec. 3.3) and COMUS (sec. 3.2). detectron2's DeepLab keys come first
+    (``add_deeplab_config``: dilations, ASPP, STEM_TYPE, SEM_SEG_HEAD.LOSS_TYPE);
+    configs/semantic/Base-DeepLabV3.yaml sets them."""
+    add_deeplab_config(cfg)
+    # Share of a batch's pixels, ignored ones counted, whose losses the OHEM cross-entropy of
+    # "PseudoLabelDeepLabV3Head" averages (LOSS_TYPE "hard_pixel_mining"; MaskDistill: the 20%
+    # hardest; at most the valid pixels are kept; 1.0 = plain cross-entropy).
+    cfg.MODEL.SEM_SEG_HEAD.OHEM_SHARE = 0.2
+    # Optimiser of the Trainer for every model: "SGD" (detectron2's; MaskDistill: lr 2e-3,
+    # momentum 0.9, weight decay 1e-4) or "Adam" (COMUS: lr 6e-5, default betas, no weight
+    # decay), both with detectron2's parameter groups and gradient clipping; detectron2 v0.6
+    # and main have no such key (open).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+
+    cfg.SEMANTIC = CN()
+    s = cfg.SEMANTIC
+    # Semantic pseudo-label folders registered before training, as [name, images, label_dir]
+    # triples: images = a registered dataset or a folder:PATH spec; label_dir holds one uint8
+    # PNG per image (0 = background, 1..K = pseudo-classes, 255 = ignore) at the image's path
+    # relative to the dataset's image root, extension .png; images without a map are left out
+    # (COMUS: the images its clustering filter drops). Relative label_dir paths are taken from
+    # the working directory (open).
+    s.PSEUDO_LABELS = []
+    # Side of the square training and prediction input (MaskDistill: 512; COMUS: 512 VOC,
+    # 256 COCO); a multiple of 8, the output stride.
+    s.INPUT_SIZE = 512
+    # Training augmentation: "resized_crop" (COMUS: a random crop resized to the square input,
+    # horizontal flip) or "scale_rotate" (MaskDistill: horizontal flip, scale and rotation
+    # about the centre, resize to the square input); INPUT.RANDOM_FLIP sets the flip.
+    s.AUGMENTATION = "resized_crop"
+    # "resized_crop": smallest crop area as a share of the image; each side of the crop is a
+    # share of the image's side drawn from [sqrt(MIN_CROP_AREA), 1] (COMUS RandomResizedCrop
+    # scale: 0.5 VOC, 0.2 COCO; its upper bounds, 2.0 and 1.0, mean whole-image crops here).
+    s.MIN_CROP_AREA = 0.5
+    # "scale_rotate": scale factor range and largest rotation in degrees (MaskDistill ref:
+    # 0.75-1.25, 5).
+    s.SCALE_RANGE = [0.75, 1.25]
+    s.ROTATION = 5.0
+    # Training rounds (COMUS: 2 on VOC, 1 on COCO). Round r > 1 trains from MODEL.WEIGHTS,
+    # never from round r-1's model, on round r-1's predictions for RELABEL_DATASET (hard argmax
+    # at INPUT_SIZE, nearest back to the image's size, no confidence filter) (ref COMUS).
+    s.ROUNDS = 1
+    # Images round r-1's model labels for round r: a registered dataset or folder:PATH
+    # (COMUS: VOC train_aug, 10,582 images).
+    s.RELABEL_DATASET = ""
+    # Epochs of each round; each sets that round's SOLVER.MAX_ITER to ceil(epochs x images /
+    # IMS_PER_BATCH) and needs SOLVER.STEPS empty; [] = SOLVER.MAX_ITER in every round (COMUS
+    # VOC: [10, 5]; COCO: [1]).
+    s.ROUND_EPOCHS = []
+    # How the evaluation on a semantic split maps the K + 1 predicted ids to its classes:
+    # any of "hungarian" (one-to-one; MaskDistill, COMUS), "majority" (many-to-one by IoU;
+    # COMUS's overclustering), "precision" (many-to-one; Leopart).
+    s.EVAL_MATCHINGS = ["hungarian"]
+
+
 def add_uis_config(cfg: CN) -> None:
     """Add every uis_d2 key to a detectron2 config (call before merging a yaml)."""
     add_solov2_config(cfg)
@@ -369,3 +444,4 @@ def add_uis_config(cfg: CN) -> None:
     add_proposals_config(cfg)
     add_self_training_config(cfg)
     add_rcnn_config(cfg)
+    add_semantic_config(cfg)

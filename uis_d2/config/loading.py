@@ -37,6 +37,13 @@ def get_cfg() -> CfgNode:
     return cfg
 
 
+def model_num_classes(cfg: CfgNode) -> int:
+    """The classes the model predicts: SOLOv2's category grid or the R-CNN box/mask heads'."""
+    if cfg.MODEL.META_ARCHITECTURE == "SOLOv2":
+        return cfg.MODEL.SOLOV2.NUM_CLASSES
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
 def load_config(config_file: str | Path | None = None, opts: Sequence[str] = ()) -> CfgNode:
     """Merge a yaml file (with ``_BASE_`` inheritance) and ``KEY VALUE`` overrides, then validate.
 
@@ -150,6 +157,7 @@ def validate_uis_config(cfg: CfgNode) -> None:
     )
     for key in ("SIGMA", "PRIOR_PROB", "SCORE_THR", "MASK_THR", "UPDATE_THR"):
         _check_fraction(cfg, s + key)
+    _check_choice(cfg, "INPUT.PSEUDO_MASKS.CLASSES", ("agnostic", "pseudo"))
     _check_choice(cfg, s + "NMS_KERNEL", NMS_KERNELS)
     _check_positive(cfg, s + "NMS_SIGMA")
     _check_choice(cfg, s + "NORM", NORMS)

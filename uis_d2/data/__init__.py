@@ -1,3 +1,4 @@
-"""Datasets: class-agnostic registration (at import) and the embedded synthetic data."""
+"""Datasets: class-agnostic and semantic registration (at import), the embedded synthetic data."""
 
-from uis_d2.data import datasets  # noqa: F401  (registers the detectron2 dataset names)
+# Imported for their side effect: registering the detectron2 dataset names.
+from uis_d2.data import datasets, semantic_datasets  # noqa: F401

@@ -128,22 +128,33 @@ def load_class_agnostic(json_file: str | Path, image_root: str | Path) -> list[d
     return dicts
 
 
-def load_pseudo_labels(json_file: str | Path, image_root: str | Path) -> CompactDataset:
-    """Load a pseudo-label file (data/pseudo_labels.py) as a compact, serialized class-agnostic
-    dataset of what the mapper and the losses read (masks, boxes, scores, embedding rows)."""
-    return pseudo_labels.load_compact_dataset(*_existing_files(json_file, image_root))
+def load_pseudo_labels(
+    json_file: str | Path, image_root: str | Path, class_aware: bool = False
+) -> CompactDataset:
+    """Load a pseudo-label file (data/pseudo_labels.py) as a compact, serialized dataset of
+    what the mapper and the losses read (masks, boxes, scores, embedding rows): class-agnostic,
+    or with ``class_aware`` the file's categories (pseudo-classes) as classes 0..K-1."""
+    json_path, image_dir = _existing_files(json_file, image_root)
+    classes = None
+    if class_aware:
+        classes = {cid: i for i, cid in enumerate(pseudo_labels.pseudo_classes(json_path))}
+    return pseudo_labels.load_compact_dataset(json_path, image_dir, classes)
 
 
-def _register(
-    name: str, parts: Sequence[SplitFiles], loader: Callable[[], list[dict[str, Any]]]
-) -> None:
+def replace_registration(name: str, loader: Callable[[], Any], metadata: Metadata) -> None:
     """(Re-)register ``name``: replacing any previous entry keeps registration idempotent."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     MetadataCatalog.pop(name, None)
     DatasetCatalog.register(name, loader)
-    metadata = RootRelativeMetadata(name=name, split_parts=tuple(parts), **CLASS_AGNOSTIC_META)
     MetadataCatalog[name] = metadata
+
+
+def _register(
+    name: str, parts: Sequence[SplitFiles], loader: Callable[[], list[dict[str, Any]]]
+) -> None:
+    metadata = RootRelativeMetadata(name=name, split_parts=tuple(parts), **CLASS_AGNOSTIC_META)
+    replace_registration(name, loader, metadata)
 
 
 def _concatenated_loader(
@@ -164,10 +175,23 @@ def register_class_agnostic(name: str, json_file: str, image_root: str) -> None:
     _register(name, parts, _concatenated_loader(parts, load_class_agnostic))
 
 
-def register_pseudo_labels(name: str, json_file: str, image_root: str) -> None:
-    """Register a pseudo-label json (data/pseudo_labels.py), loaded by ``load_pseudo_labels``."""
+def register_pseudo_labels(
+    name: str, json_file: str, image_root: str, class_aware: bool = False
+) -> None:
+    """Register a pseudo-label json (data/pseudo_labels.py), loaded by ``load_pseudo_labels``.
+    ``class_aware`` (pseudo-classes, e.g. tools/cluster_pseudo_classes.py's output) reads the
+    file's categories now, to name the classes in the metadata."""
     parts = (SplitFiles(json_file, image_root),)
-    _register(name, parts, lambda: load_pseudo_labels(json_file, image_root))
+    loader = lambda: load_pseudo_labels(json_file, image_root, class_aware)  # noqa: E731
+    if not class_aware:
+        _register(name, parts, loader)
+        return
+    json_path, _ = _existing_files(json_file, image_root)
+    names = list(pseudo_labels.pseudo_classes(json_path).values())
+    metadata = RootRelativeMetadata(
+        name=name, split_parts=parts, evaluator_type="class_agnostic", thing_classes=names
+    )
+    replace_registration(name, loader, metadata)
 
 
 def register_all() -> None:

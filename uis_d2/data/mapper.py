@@ -22,6 +22,7 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances, polygons_to_bitmask
 
+from uis_d2.config.loading import model_num_classes
 from uis_d2.data.copy_paste import CopyPasteParams, copy_paste
 from uis_d2.data.image_io import BAD_IMAGE_POLICIES, BadImageError, read_image
 from uis_d2.data.pseudo_labels import EmbeddingLookup, annotation_score
@@ -184,7 +185,7 @@ class PseudoMaskDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "min_score": cfg.INPUT.PSEUDO_MASKS.MIN_SCORE,
             "min_area": cfg.INPUT.PSEUDO_MASKS.MIN_AREA,
-            "class_agnostic": cfg.MODEL.SOLOV2.NUM_CLASSES == 1,
+            "class_agnostic": model_num_classes(cfg) == 1,
             "copy_paste_prob": cp.PROB if (cp.ENABLED and is_train) else 0.0,
             "copy_paste_params": CopyPasteParams(
                 max_instances=cp.MAX_INSTANCES,

@@ -503,21 +503,31 @@ class _NotInImageOrder(Exception):
     """Annotations of an image come after those of a later one."""
 
 
+def pseudo_classes(json_file: str | Path) -> dict[int, str]:
+    """The file's categories {id: name} by increasing id; a class-agnostic file has one."""
+    categories = next(iter_json(json_file, "categories"), None)
+    if not categories:
+        raise ValueError(f"{json_file}: no 'categories' list")
+    return {
+        int(c["id"]): str(c.get("name", c["id"])) for c in sorted(categories, key=lambda c: c["id"])
+    }
+
+
 def load_compact_dataset(
-    json_file: str | Path, image_root: str | Path, category_id: int | None = 0
+    json_file: str | Path, image_root: str | Path, classes: Mapping[int, int] | None = None
 ) -> CompactDataset:
     """The training dataset of a pseudo-label file, without ever holding the whole file's json
     objects: the image list is read whole, then annotations one at a time; each image's record
     is packed (``PackedAnnotations``) and serialized as soon as its annotations are complete.
     That is at once in files whose annotations follow the image order (the project's writers'),
-    and at the end otherwise. ``category_id``: the contiguous id every annotation gets (0 =
-    class-agnostic); None keeps the file's ids."""
+    and at the end otherwise. ``classes``: the contiguous class of each of the file's category
+    ids (pseudo-classes); None gives every annotation class 0 (class-agnostic)."""
     images = next(iter_json(json_file, "images"), [])
     store = embedding_store_path(json_file)
     try:
-        writer = _read_records(json_file, images, image_root, category_id, ordered=True)
+        writer = _read_records(json_file, images, image_root, classes, ordered=True)
     except _NotInImageOrder:
-        writer = _read_records(json_file, images, image_root, category_id, ordered=False)
+        writer = _read_records(json_file, images, image_root, classes, ordered=False)
     return writer.dataset(str(store) if store.is_file() else None)
 
 
@@ -525,7 +535,7 @@ def _read_records(
     json_file: str | Path,
     images: list[dict[str, Any]],
     image_root: str | Path,
-    category_id: int | None,
+    classes: Mapping[int, int] | None,
     ordered: bool,
 ) -> _RecordWriter:
     position = {image["id"]: i for i, image in enumerate(images)}
@@ -562,7 +572,13 @@ def _read_records(
                 raise _NotInImageOrder
             write_until(i)
         image = images[i]
-        category = annotation["category_id"] if category_id is None else category_id
+        category = 0 if classes is None else classes.get(annotation.get("category_id"))
+        if category is None:
+            raise ValueError(
+                f"{json_file}: annotation id={annotation.get('id')} has category_id "
+                f"{annotation.get('category_id')!r}, not among the file's categories "
+                f"{sorted(classes)}"
+            )
         entry = collected.setdefault(i, _ImageAnnotations())
         entry.add(annotation, image["height"], image["width"], category)
     write_until(len(images))

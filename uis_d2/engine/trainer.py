@@ -1,8 +1,10 @@
-"""detectron2 ``DefaultTrainer`` for any model on pseudo-masks (SOLOv2, detectron2's R-CNNs).
+"""detectron2 ``DefaultTrainer`` for any model on pseudo-masks (SOLOv2, detectron2's R-CNNs) or
+on semantic pseudo-label maps (detectron2's ``SemanticSegmentor``, uis_d2/semantic/).
 
 Only what differs from the default is overridden: the data loaders (pseudo-mask mapper with
-copy-paste), the evaluator (class-agnostic COCO metrics), DDP on CPU, and a checkpointer that
-resumes past a truncated checkpoint (checkpointer.py). Optimiser, LR schedule, AMP
+copy-paste; the semantic stage's augmentations), the evaluator (class-agnostic COCO metrics),
+the optimiser (``SOLVER.OPTIMIZER``: detectron2's SGD or Adam, optimizer.py), DDP on CPU, and a
+checkpointer that resumes past a truncated checkpoint (checkpointer.py). LR schedule, AMP
 (``SOLVER.AMP.ENABLED``), periodic checkpoints and evaluation (``TEST.EVAL_PERIOD``) and the
 metric writers (console, metrics.json, TensorBoard) are detectron2's. The cfg is a prepared one
 (engine/run_config.py: pseudo-labels registered, EMBED_DIM resolved).
@@ -22,16 +24,22 @@ import torch.utils.data as torchdata
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
+    MetadataCatalog,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer
 
+from uis_d2.config.loading import model_num_classes
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
 from uis_d2.data.pseudo_labels import CompactDataset
+from uis_d2.data.semantic_datasets import SEMANTIC_EVALUATOR_TYPE
 from uis_d2.engine.checkpointer import ResilientCheckpointer
+from uis_d2.engine.optimizer import build_optimizer
 from uis_d2.engine.unreadable import SkipUnreadable, build_inference_loader
 from uis_d2.evaluation import ClassAgnosticEvaluator
+from uis_d2.evaluation.semantic import UnsupervisedSemSegEvaluator
+from uis_d2.semantic import data as semantic_data  # a module: it imports engine/ in turn
 
 
 class Trainer(DefaultTrainer):
@@ -44,7 +52,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """Pseudo-mask loader; copy-paste draws its sources from the same serialized records,
-        so worker processes share one copy of the dataset instead of two."""
+        so worker processes share one copy of the dataset instead of two. Semantic models:
+        detectron2's DatasetMapper with the semantic stage's augmentations."""
+        if semantic_data.is_semantic(cfg):
+            return semantic_data.build_semantic_train_loader(cfg)
         dataset = training_dataset(cfg)
         mapper = PseudoMaskDatasetMapper(cfg, is_train=True, copy_paste_sources=dataset)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
@@ -52,8 +63,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
         """Same image decoding as training (``read_image``), test-time resize only; unreadable
-        images come through as None under the skip policy (see unreadable.py)."""
+        images come through as None under the skip policy (see unreadable.py). Semantic
+        models see the square input they were trained at."""
         dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        if semantic_data.is_semantic(cfg):
+            return semantic_data.build_semantic_inference_loader(cfg, dicts)
         return build_inference_loader(cfg, dicts)
 
     @classmethod
@@ -63,9 +77,25 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
-        """Class-agnostic AP/AR; predictions and metrics go to OUTPUT_DIR/inference/<dataset>."""
+        """Class-agnostic AP/AR, or on a semantic split (evaluator_type "unsupervised_sem_seg")
+        the pseudo-class metrics of SEMANTIC.EVAL_MATCHINGS over the K + 1 predicted ids;
+        predictions and metrics go to OUTPUT_DIR/inference/<dataset>."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return ClassAgnosticEvaluator(dataset_name, output_dir=output_folder)
+        if MetadataCatalog.get(dataset_name).get("evaluator_type", None) == SEMANTIC_EVALUATOR_TYPE:
+            return UnsupervisedSemSegEvaluator(
+                dataset_name,
+                num_clusters=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1,
+                matchings=cfg.SEMANTIC.EVAL_MATCHINGS,
+                output_dir=output_folder,
+            )
+        class_aware = model_num_classes(cfg) > 1  # pseudo-classes kept in the predictions file
+        return ClassAgnosticEvaluator(
+            dataset_name, output_dir=output_folder, class_aware=class_aware
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model):
+        return build_optimizer(cfg, model)
 
 
 def training_dataset(cfg: CfgNode) -> torchdata.Dataset:

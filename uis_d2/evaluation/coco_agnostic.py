@@ -1,4 +1,5 @@
 """Class-agnostic COCO evaluation (papers' protocol): every instance is one class.
+(``run_coco_eval`` also runs the class-aware protocol, for matched instance AP.)
 
 ``COCOeval.params.useCats = 0`` makes a prediction match any ground-truth object, so the
 category ids that pseudo-labels or models emit never matter. Inputs are normalised here (RLE
@@ -169,17 +170,32 @@ def evaluate_agnostic(
     truth in an area range) are NaN, as in detectron2's COCOEvaluator. ``verbose`` prints
     COCOeval's own summary.
     """
-    for iou_type in iou_types:
-        if iou_type not in IOU_TYPES:
-            raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     source = source_name(predictions, "predictions")
     gt_dataset = load_ground_truth(gt)
     results = normalize_predictions(load_predictions(predictions), gt_dataset, source)
+    return run_coco_eval(gt_dataset, results, iou_types, False, backend, verbose, source)
+
+
+def run_coco_eval(
+    gt_dataset: dict[str, Any],
+    results: list[dict[str, Any]],
+    iou_types: Sequence[str],
+    use_cats: bool,
+    backend: str = "pycocotools",
+    verbose: bool = False,
+    source: str = "predictions",
+) -> dict[str, dict[str, float]]:
+    """COCO metrics in percent of ground truth from ``load_ground_truth`` and results from
+    ``normalize_predictions``: class-agnostic, or class-aware (``use_cats``) for results whose
+    ``category_id`` was set to a ground-truth category afterwards (matched instance AP)."""
+    for iou_type in iou_types:
+        if iou_type not in IOU_TYPES:
+            raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     run = _resolve_backend(backend)
     metrics = {}
     for iou_type in iou_types:
         typed = _results_for(iou_type, results, source)
-        metrics[iou_type] = stats_to_metrics(run(gt_dataset, typed, iou_type, verbose))
+        metrics[iou_type] = stats_to_metrics(run(gt_dataset, typed, iou_type, verbose, use_cats))
     return metrics
 
 
@@ -212,7 +228,7 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join([header, *rows])
 
 
-Runner = Callable[[dict[str, Any], list[dict[str, Any]], str, bool], np.ndarray]
+Runner = Callable[[dict[str, Any], list[dict[str, Any]], str, bool, bool], np.ndarray]
 
 
 def _resolve_backend(backend: str) -> Runner:
@@ -239,9 +255,10 @@ def _results_coco(coco_cls: type, coco_gt: Any, gt: dict[str, Any], results: lis
     return empty
 
 
-def _agnostic_stats(coco_eval: Any) -> np.ndarray:
-    """Run a (pycocotools-compatible) COCOeval with every instance as one class, 100 dets max."""
-    coco_eval.params.useCats = 0
+def _coco_stats(coco_eval: Any, use_cats: bool) -> np.ndarray:
+    """Run a (pycocotools-compatible) COCOeval, class-aware or with every instance as one class
+    (the class-agnostic protocol), 100 dets max."""
+    coco_eval.params.useCats = int(use_cats)
     coco_eval.params.maxDets = [1, 10, 100]
     coco_eval.evaluate()
     coco_eval.accumulate()
@@ -250,18 +267,18 @@ def _agnostic_stats(coco_eval: Any) -> np.ndarray:
 
 
 def _run_pycocotools(
-    gt: dict[str, Any], results: list[dict], iou_type: str, verbose: bool
+    gt: dict[str, Any], results: list[dict], iou_type: str, verbose: bool, use_cats: bool
 ) -> np.ndarray:
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
         coco_eval = COCOeval(coco_gt, _results_coco(COCO, coco_gt, gt, results), iou_type)
-        return _agnostic_stats(coco_eval)
+        return _coco_stats(coco_eval, use_cats)
 
 
 def _run_faster(
-    gt: dict[str, Any], results: list[dict], iou_type: str, verbose: bool
+    gt: dict[str, Any], results: list[dict], iou_type: str, verbose: bool, use_cats: bool
 ) -> np.ndarray:
     from faster_coco_eval import COCO as FasterCOCO
     from faster_coco_eval import COCOeval_faster
@@ -269,4 +286,5 @@ def _run_faster(
     quiet: Callable[..., None] = print if verbose else (lambda *args, **kwargs: None)
     coco_gt = FasterCOCO(gt, print_function=quiet)
     coco_dt = _results_coco(FasterCOCO, coco_gt, gt, results)
-    return _agnostic_stats(COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=quiet))
+    coco_eval = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=quiet)
+    return _coco_stats(coco_eval, use_cats)

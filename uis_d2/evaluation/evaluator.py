@@ -32,8 +32,12 @@ PREDICTIONS_FILE = "class_agnostic_predictions.json"
 METRICS_FILE = "class_agnostic_metrics.json"
 
 
-def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict[str, Any]]:
-    """One COCO result per predicted instance; the box comes from the mask if there is none."""
+def instances_to_coco_results(
+    instances: Instances, image_id: int, class_aware: bool = False
+) -> list[dict[str, Any]]:
+    """One COCO result per predicted instance; the box comes from the mask if there is none.
+    ``category_id`` is the class-agnostic object id, or with ``class_aware`` the predicted class
+    0..K-1 (a pseudo-class: tools/evaluate_semantic.py and the semantic painting read it)."""
     if not instances.has("pred_masks"):
         raise ValueError("ClassAgnosticEvaluator needs 'pred_masks' in the model's Instances")
     masks = instances.pred_masks
@@ -47,15 +51,19 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict[
         boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).tolist()
     else:
         boxes = rle_boxes_xywh(rles)
+    if class_aware and instances.has("pred_classes"):
+        categories = [int(c) for c in instances.pred_classes.tolist()]
+    else:
+        categories = [OBJECT_CATEGORY_ID] * len(rles)
     return [
         {
             "image_id": image_id,
-            "category_id": OBJECT_CATEGORY_ID,
+            "category_id": category,
             "segmentation": rle,
             "bbox": box,
             "score": float(score),
         }
-        for rle, box, score in zip(rles, boxes, scores)
+        for rle, box, score, category in zip(rles, boxes, scores, categories)
     ]
 
 
@@ -64,6 +72,8 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
 
     Ground truth: the dataset's ``json_file`` metadata when present, else its dataset dicts
     converted to COCO (needs ``thing_classes``, like detectron2's own conversion).
+    ``class_aware`` (a model of K pseudo-classes) writes each prediction's class as its
+    ``category_id`` in the predictions file; the metrics ignore categories either way.
     """
 
     def __init__(
@@ -72,8 +82,10 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
         output_dir: str | Path | None = None,
         distributed: bool = True,
         backend: str = "pycocotools",
+        class_aware: bool = False,
     ) -> None:
         self._dataset_name = dataset_name
+        self._class_aware = class_aware
         self._output_dir = Path(output_dir) if output_dir is not None else None
         self._distributed = distributed
         self._backend = backend
@@ -87,7 +99,7 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
             if item is None:  # unreadable image skipped by policy: no predictions, GT still counts
                 continue
             self._predictions.extend(
-                instances_to_coco_results(output["instances"], item["image_id"])
+                instances_to_coco_results(output["instances"], item["image_id"], self._class_aware)
             )
 
     def evaluate(self) -> OrderedDict[str, dict[str, float]]:

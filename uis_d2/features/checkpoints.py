@@ -11,6 +11,9 @@ Accepted layouts (``CHECKPOINT_FORMAT``; "auto" detects them from the file's top
   names optionally prefixed ``module.`` and/or ``backbone.`` (the DINO code base's layout).
 - ``densecl``: ``{"state_dict": ...}`` (or bare) with torchvision ResNet names, optionally under
   ``backbone.`` or ``encoder_q.0.`` (the query encoder; the key encoder and queue are discarded).
+- ``dinov2``: the official DINOv2 files (``dinov2_vitb14[_reg4]_pretrain.pth``): a bare state
+  dict in Meta's names, renamed to timm's (``_dinov2_to_timm``); timm's own conversion of these
+  weights (``model.safetensors``) is ``timm``.
 - ``timm``: a bare state dict in a ``.pth``/``.bin`` file, or a ``.safetensors`` file.
 """
 
@@ -36,6 +39,7 @@ ENCODER_PREFIXES = {
     "mocov3": ("module.base_encoder.", "base_encoder.", "module.", ""),
     "msn": ("module.", ""),
     "selfpatch": ("module.backbone.", "backbone.", "module.", ""),
+    "dinov2": ("module.backbone.", "backbone.", "module.", ""),
     "densecl": (
         "module.encoder_q.0.",
         "encoder_q.0.",
@@ -49,7 +53,17 @@ ENCODER_PREFIXES = {
     "torchvision": ("module.", ""),
 }
 # The layouts an extractor node's CHECKPOINT_FORMAT may name ("auto" detects them).
-CHECKPOINT_FORMATS = ("auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm")
+CHECKPOINT_FORMATS = (
+    "auto",
+    "mae",
+    "dino",
+    "mocov3",
+    "msn",
+    "selfpatch",
+    "dinov2",
+    "densecl",
+    "timm",
+)
 # A checkpoint must supply at least this fraction of the model's tensors, or it is the wrong file.
 _MIN_LOADED_FRACTION = 0.5
 
@@ -90,6 +104,8 @@ def detect_format(path: Path, obj: Mapping) -> str:
         return "mae"
     if "teacher" in obj or "student" in obj:
         return "selfpatch"
+    if "mask_token" in obj or "register_tokens" in obj:
+        return "dinov2"
     return "dino"
 
 
@@ -100,6 +116,7 @@ def _unwrap(obj: Mapping, fmt: str, path: Path) -> Mapping:
         "mocov3": ("state_dict",),
         "msn": ("target_encoder",),
         "selfpatch": ("teacher", "student", "state_dict", "model"),
+        "dinov2": ("teacher",),
         "densecl": ("state_dict",),
         "timm": ("state_dict", "model"),
     }[fmt]
@@ -130,6 +147,22 @@ def _select_submodel(state: Mapping, fmt: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Meta's DINOv2 names -> timm's ``vit_*_dinov2`` ones, which differ only in the prefix tokens.
+
+    The masked-modelling ``mask_token`` is training-only. With registers, timm's model adds
+    position embeddings to the patches alone (``no_embed_class``), so the class token's
+    embedding, a constant, is folded into ``cls_token``: the sum entering block 0 is unchanged.
+    """
+    state = {k: v for k, v in state.items() if k != "mask_token"}
+    if "register_tokens" in state:
+        state["reg_token"] = state.pop("register_tokens")
+        pos_embed = state.pop("pos_embed")
+        state["cls_token"] = state["cls_token"] + pos_embed[:, :1]
+        state["pos_embed"] = pos_embed[:, 1:]
+    return state
+
+
 def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
     """The backbone state dict inside a checkpoint file, and the layout it was read as."""
     path = Path(path)
@@ -144,7 +177,8 @@ def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict[str, torc
         raise ValueError(f"{path}: not a state dict (got {type(obj).__name__})")
     if fmt == "auto":
         fmt = detect_format(path, obj)
-    return _select_submodel(_unwrap(obj, fmt, path), fmt), fmt
+    state = _select_submodel(_unwrap(obj, fmt, path), fmt)
+    return (_dinov2_to_timm(state) if fmt == "dinov2" else state), fmt
 
 
 def load_checkpoint(

@@ -161,7 +161,9 @@ class AttentionMass(TokenProvider):
         return {"extractor": build_saliency_extractor(cfg, extractor), "params": params}
 
     @torch.no_grad()
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
         _, tokens = self.features_and_tokens(images, features, tokens)
         return [
             attention_mass_foreground(t["cls_attention"], self.params).to(image.device)

@@ -44,11 +44,14 @@ class ForegroundProvider:
         features: list[torch.Tensor] | None = None,
         tokens: list[dict[str, torch.Tensor]] | None = None,
         names: list[str] | None = None,
+        clusters: list[dict[int, torch.Tensor]] | None = None,
     ) -> list[torch.Tensor]:
         """``images``: RGB uint8 (3, H, W) of any sizes; ``features``/``tokens``: the output of
         ``self.extractor`` on them, when already computed; ``names``: the images' file names
-        (providers that read per-image files need them). Returns per image a bool map (h, w) on
-        the images' device, at the provider's resolution."""
+        (providers that read per-image files need them); ``clusters``: per image the spectral
+        label maps {k: (h, w)} of ``features``, when the caller already clustered them (the
+        spectral generator), for providers that would cluster the same features again. Returns
+        per image a bool map (h, w) on the images' device, at the provider's resolution."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -95,16 +98,21 @@ class CombinedForeground(ForegroundProvider):
         self.extractor = providers[0].extractor
 
     @torch.no_grad()
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
-        per_provider = [
-            provider(
-                images,
-                features if provider.extractor is self.extractor else None,
-                tokens if provider.extractor is self.extractor else None,
-                names,
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
+        per_provider = []
+        for provider in self.providers:
+            shared = provider.extractor is self.extractor
+            per_provider.append(
+                provider(
+                    images,
+                    features if shared else None,
+                    tokens if shared else None,
+                    names,
+                    clusters=clusters if shared else None,
+                )
             )
-            for provider in self.providers
-        ]
         combined = []
         for maps in zip(*per_provider, strict=True):
             out = maps[0]

@@ -74,7 +74,9 @@ class ExternalMaps(ForegroundProvider):
         return self.directory / relative.parent / (relative.stem + self.suffix)
 
     @torch.no_grad()
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
         if names is None or len(names) != len(images):
             raise ValueError(
                 "ExternalMaps needs the file name of every image (names=...), to find its map"

@@ -126,7 +126,9 @@ class MaskDistillMiner(TokenProvider):
         return {"extractor": build_saliency_extractor(cfg, extractor), "params": params}
 
     @torch.no_grad()
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
         features, tokens = self.features_and_tokens(images, features, tokens)
         masks = []
         for image, feature, per_image in zip(images, features, tokens, strict=True):

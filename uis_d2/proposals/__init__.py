@@ -1,6 +1,7 @@
 """Offline pseudo-mask generators (registration by import)."""
 
 from uis_d2.proposals import (  # noqa: F401  (registration)
+    foreground_generator,
     free_mask,
     maskcut,
     maskdistill,

@@ -260,12 +260,16 @@ class MaskCutGenerator(ProposalGenerator):
         that grid, in cut order, earlier cuts' patches removed."""
         inputs = [square_resized(image, self.params.input_size) for image in images]
         features = extract_features(self.extractor, inputs) if images else []
-        grid_masks: list[np.ndarray] = [np.zeros(0)] * len(images)
+        return features, self.cut(features)
+
+    def cut(self, features: list[torch.Tensor]) -> list[np.ndarray]:
+        """Per image (C, h, w) features -> its cuts (n, h, w) bool, one batch per grid size."""
+        grid_masks: list[np.ndarray] = [np.zeros(0)] * len(features)
         for indices in group_indices([f.shape for f in features]).values():
             batch = torch.stack([features[i] for i in indices])
             for index, masks in zip(indices, maskcut_grid_masks(batch, self.params)):
                 grid_masks[index] = masks
-        return features, grid_masks
+        return grid_masks
 
     def _proposals(
         self, image: torch.Tensor, feature: torch.Tensor, masks: np.ndarray
@@ -309,31 +313,45 @@ class MaskCutGenerator(ProposalGenerator):
 
 @FOREGROUND_REGISTRY.register()
 class MaskCutUnion(ForegroundProvider):
-    """Foreground = the union of MaskCut's cuts of the image (``PROPOSALS.MASKCUT``), on the
-    saliency features (``PROPOSALS.SALIENCY.EXTRACTOR``), at pixel resolution: exactly the
-    union of the masks ``MaskCutGenerator`` writes for those features.
+    """Foreground = the union of MaskCut's cuts of the image (``PROPOSALS.MASKCUT``) on the
+    saliency features (``PROPOSALS.SALIENCY.EXTRACTOR``).
 
-    MaskCut cuts a square resize of the image (``MASKCUT.INPUT_SIZE``), so features handed in
-    for the image itself are not used: the provider runs its own forward. A shared saliency
-    extractor still applies its own ``SHORT_SIDE``/``MAX_SIDE`` resize to that square (a no-op
-    when they leave a square of INPUT_SIZE as it is, as in the shipped configs).
+    ``shared_features`` (``FOREGROUND.MASKCUT_UNION.SHARED_FEATURES``): cut the features of the
+    image itself, handed over by a generator sharing the extractor (else computed), and return
+    the union on their grid. Otherwise MaskCut's own square input (``MASKCUT.INPUT_SIZE``) is cut
+    and the union returned at pixel resolution: exactly the union of the masks
+    ``MaskCutGenerator`` writes for those features (a shared saliency extractor still applies
+    its own ``SHORT_SIDE``/``MAX_SIDE`` resize to that square, a no-op when they leave a square
+    of INPUT_SIZE as it is, as in the shipped configs).
     """
 
     @configurable
-    def __init__(self, *, generator: MaskCutGenerator) -> None:
+    def __init__(self, *, generator: MaskCutGenerator, shared_features: bool) -> None:
         self.generator = generator
         self.extractor = generator.extractor
+        self.shared_features = shared_features
 
     @classmethod
     def from_config(cls, cfg, extractor: FeatureExtractor | None = None) -> dict[str, Any]:
         return {
             "generator": MaskCutGenerator(
                 extractor=build_saliency_extractor(cfg, extractor), params=maskcut_params(cfg)
-            )
+            ),
+            "shared_features": cfg.PROPOSALS.FOREGROUND.MASKCUT_UNION.SHARED_FEATURES,
         }
 
     @torch.no_grad()
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
+        if self.shared_features:
+            if features is None:
+                features = extract_features(self.extractor, images)
+            grid_masks = self.generator.cut(features)
+            return [
+                torch.from_numpy(masks.any(axis=0)).to(image.device)
+                for image, masks in zip(images, grid_masks)
+            ]
         _, grid_masks = self.generator.grid_masks(images)
         maps = []
         for image, masks in zip(images, grid_masks):
@@ -342,4 +360,8 @@ class MaskCutUnion(ForegroundProvider):
         return maps
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": "MaskCutUnion", **self.generator.describe()}
+        return {
+            "provider": "MaskCutUnion",
+            "shared_features": self.shared_features,
+            **self.generator.describe(),
+        }

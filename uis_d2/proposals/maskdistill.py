@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 
 from uis_d2.features.base import build_feature_extractor, extract_features_and_tokens
+from uis_d2.foreground.base import resize_map
 from uis_d2.foreground.miner import MaskDistillMiner
 from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
 
@@ -51,7 +52,7 @@ class MaskDistillGenerator(ProposalGenerator):
         features, tokens = extract_features_and_tokens(self.miner.extractor, images)
         masks = self.miner(images, features, tokens)
         return [
-            _proposals(image, feature, mask)
+            single_mask_proposals(image, feature, mask)
             for image, feature, mask in zip(images, features, masks, strict=True)
         ]
 
@@ -65,16 +66,21 @@ class MaskDistillGenerator(ProposalGenerator):
         }
 
 
-def _proposals(image: torch.Tensor, feature: torch.Tensor, grid: torch.Tensor) -> Proposals:
-    """One image's grid mask (h, w) as one proposal at the image's size, with the mean feature
-    inside it as its embedding; none when the mask is empty at that size."""
+def single_mask_proposals(
+    image: torch.Tensor, feature: torch.Tensor, grid: torch.Tensor, min_pixels: int = 0
+) -> Proposals:
+    """One image's mask (h, w, any resolution) as one proposal at the image's size, with the
+    mean feature inside it (resized to the feature grid) as its embedding; none when the mask
+    has at most ``min_pixels`` pixels at that size."""
     masks = grid.to(feature.device)[None]
     size = (int(image.shape[1]), int(image.shape[2]))
     full = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-    keep = full.flatten(1).any(dim=1)
+    keep = full.flatten(1).sum(dim=1) > min_pixels
+    if masks.shape[1:] != feature.shape[1:]:  # a map at another resolution than the features
+        masks = resize_map(masks[0], tuple(feature.shape[1:]))[None]
     masks, full = masks[keep], full[keep]
     weights = masks.flatten(1).float()
-    weights = weights / weights.sum(1, keepdim=True)
+    weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
     embeddings = (weights @ feature.flatten(1).T.float()).cpu().numpy().astype(np.float32)
     return Proposals(
         masks=full,

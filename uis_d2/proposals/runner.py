@@ -126,6 +126,17 @@ def prepare_job(
     return GenerationJob(dataset, image_root, tuple(records), Path(output), num_vis)
 
 
+def check_checkpoints(cfg) -> None:
+    """Fail before any process starts, naming the option, when a configured checkpoint is absent."""
+    p = cfg.PROPOSALS
+    nodes = {"PROPOSALS.EXTRACTOR": p.EXTRACTOR}
+    if p.SALIENCY.ENABLED:
+        nodes["PROPOSALS.SALIENCY.EXTRACTOR"] = p.SALIENCY.EXTRACTOR
+    for key, node in nodes.items():
+        if node.CHECKPOINT and not Path(node.CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{key}.CHECKPOINT = {node.CHECKPOINT!r}: file not found")
+
+
 def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
     """The per-process entry point (launch it with uis_d2.utils.launch.launch).
 
@@ -134,6 +145,9 @@ def generate_on_this_rank(cfg, job: GenerationJob) -> GenerationSummary | None:
     rank, world_size = comm.get_rank(), comm.get_world_size()
     device = torch.device("cuda", comm.get_local_rank()) if uses_cuda(cfg) else torch.device("cpu")
     refiner = build_mask_refiner(cfg)  # first: a missing optional package fails before any work
+    # Extractors without a CHECKPOINT keep their random initial weights: seeded, every rank and
+    # every resumed run builds the same model.
+    torch.manual_seed(cfg.PROPOSALS.SEED)
     generator = build_pseudo_mask_generator(cfg).to(device)
     shards = ShardDirectory(shard_dir_for(job.output))
     manifest = {

@@ -127,7 +127,7 @@ def _squared_distances(
     return torch.baddbmm(offset, centres_t.transpose(1, 2), points_t, alpha=-2).clamp_min_(0)
 
 
-def _kmeans_plus_plus(
+def kmeans_plus_plus(
     points_t: torch.Tensor, run_k: torch.Tensor, uniform: torch.Tensor
 ) -> torch.Tensor:
     """(R, d, N) points of R runs wanting ``run_k`` (R,) clusters, sorted by decreasing k, and
@@ -236,7 +236,7 @@ def kmeans(
     for s in slices:
         used = int(runs.k[s[0]])  # a slice's first run is its widest; the rest is zero padding
         points = runs.points(s, used)[:, :used]
-        seeds.append(F.pad(_kmeans_plus_plus(points, runs.k[s], uniform[:, s]), (0, width - used)))
+        seeds.append(F.pad(kmeans_plus_plus(points, runs.k[s], uniform[:, s]), (0, width - used)))
     seeds = torch.cat(seeds)
     centres = _lloyd(runs, seeds, iters)
     # The restarts of a group side by side: one product scores all their centres.

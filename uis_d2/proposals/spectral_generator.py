@@ -244,10 +244,14 @@ class SpectralBorder(ForegroundProvider):
         }
 
     @torch.no_grad()
-    def __call__(self, images, features=None, tokens=None, names=None) -> list[torch.Tensor]:
-        features = features if features is not None else extract_features(self.extractor, images)
-        labels = cluster_grouped(features, [self.k], self.spectral)
-        return saliency_maps([c[self.k] for c in labels], self.k, [f.shape[1:] for f in features])
+    def __call__(
+        self, images, features=None, tokens=None, names=None, clusters=None
+    ) -> list[torch.Tensor]:
+        if features is None:
+            features, clusters = extract_features(self.extractor, images), None
+        if clusters is None or self.k not in clusters[0]:
+            clusters = cluster_grouped(features, [self.k], self.spectral)
+        return saliency_maps([c[self.k] for c in clusters], self.k, [f.shape[1:] for f in features])
 
     def describe(self) -> dict[str, Any]:
         return {"provider": "SpectralBorder", "k": self.k, "extractor": self.extractor.describe()}
@@ -327,7 +331,7 @@ class SpectralProposalGenerator(ProposalGenerator):
             saliency = saliency_maps([s[k] for s in saliency_labels], k, grids)
         elif self.foreground is not None:
             if self.foreground.extractor is self.extractor:
-                maps = self.foreground(images, features, tokens, names=names)
+                maps = self.foreground(images, features, tokens, names=names, clusters=clusters)
             else:
                 maps = self.foreground(images, names=names)
             saliency = [resize_map(m.to(f.device), g) for m, f, g in zip(maps, features, grids)]

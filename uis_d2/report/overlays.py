@@ -60,8 +60,10 @@ def write_comparison_grids(
     image_root: Path,
     out_dir: Path,
     image_ids: list[int],
+    first_title: str = "ground truth",
 ) -> list[Path]:
-    """One PNG per image: the ground truth, then one panel per named prediction set."""
+    """One PNG per image: the ground truth (``gt``'s annotations; none and ``first_title``
+    "image" for images without ground truth), then one panel per named prediction set."""
     images = {img["id"]: img for img in gt["images"]}
     gt_by_image = annotations_by_image(gt)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,7 @@ def write_comparison_grids(
     for image_id in image_ids:
         info = images[image_id]
         image = read_image(image_root / info["file_name"])
-        row = [_panel(image, gt_by_image.get(image_id, []), "ground truth")]
+        row = [_panel(image, gt_by_image.get(image_id, []), first_title)]
         for name, by_image in panels.items():
             row.append(_panel(image, by_image.get(image_id, []), name))
         path = out_dir / f"{Path(info['file_name']).stem}.png"
