@@ -211,7 +211,7 @@ def test_generator_end_to_end_through_the_tool(tmp_path, monkeypatch):
     )
     data = json.loads(output.read_text())
     assert data["info"]["generator"]["generator"] == "MaskDistillGenerator"
-    assert data["info"]["generator"]["miner"]["extractor"]["stride"] == 4  # EXTRACTOR's
+    assert data["info"]["generator"]["foreground"]["extractor"]["stride"] == 4  # EXTRACTOR's
     images = {image["id"]: image for image in data["images"]}
     assert len(images) == 3
     per_image = [a["image_id"] for a in data["annotations"]]

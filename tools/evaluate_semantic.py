@@ -20,6 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import uis_d2  # noqa: F401  (detectron2 compatibility fixes first)
 
 # isort: split
@@ -79,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--score-thresh", type=float, default=0.5, help="instance json: lowest painted score"
     )
     parser.add_argument(
+        "--missing",
+        choices=("error", "background"),
+        default="error",
+        help="PNG folder: an image without a map is an error, or all background (pseudo-label "
+        "folders leave out the images the clustering dropped)",
+    )
+    parser.add_argument(
         "--ap-mapping",
         default="instances",
         choices=("instances", "semantic"),
@@ -133,9 +142,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for record in records:
             relative = Path(os.path.relpath(record["file_name"], image_root))
             png = pred / relative.with_suffix(".png")
-            if not png.is_file():
+            gt = semantic_map(record)
+            if png.is_file():
+                ids = read_label_png(png)
+            elif args.missing == "background":  # e.g. images a clustering filter dropped
+                ids = np.zeros_like(gt)
+            else:
                 raise FileNotFoundError(f"prediction not found: {png} (for {record['file_name']})")
-            evaluator.add_image(read_label_png(png), semantic_map(record), str(relative))
+            evaluator.add_image(ids, gt, str(relative))
     else:
         by_image = defaultdict(list)
         for result in load_predictions(pred):

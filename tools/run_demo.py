@@ -50,6 +50,10 @@ DETECTOR_CONFIGS = {
     "cascade": REPO / "configs/synthetic/cascade_mask_rcnn_R18_cpu.yaml",
 }
 DEFAULT_GENERATOR, DEFAULT_DETECTOR = "spectral", "solov2"
+SEMANTIC_PIPELINES = {
+    "comus": REPO / "configs/pipelines/comus_synthetic.yaml",
+    "maskdistill": REPO / "configs/pipelines/maskdistill_synthetic.yaml",
+}
 
 
 def _suffix(*names: str, defaults: tuple[str, ...]) -> str:
@@ -150,6 +154,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="SPEC",
         help='saliency ablation: "none", a provider (e.g. AttentionMass), "A+B" or "A,B"',
+    )
+    parser.add_argument(
+        "--semantic",
+        nargs="*",
+        default=[],
+        choices=sorted(SEMANTIC_PIPELINES),
+        help="also run these unsupervised semantic pipelines (tools/run_semantic_pipeline.py)",
     )
     parser.add_argument("--num-overlays", type=int, default=8)
     parser.add_argument(
@@ -285,15 +296,40 @@ def main(argv: list[str] | None = None) -> dict:
             metrics_file = evaluation_dir(training.train_dir, r) / "class_agnostic_metrics.json"
             metrics[training.name(r)] = json.loads(metrics_file.read_text())
 
-    summary = {name: m["segm"] for name, m in metrics.items()}
+    semantic_sections = []
+    for system in dict.fromkeys(args.semantic):
+        semantic_out = out / f"semantic_{system}"
+        command = [TOOLS / "run_semantic_pipeline.py", "--config-file", SEMANTIC_PIPELINES[system]]
+        done = semantic_out / "semantic_metrics.json"
+        steps.run(f"semantic pipeline, {system}", [*command, "--output", semantic_out], done)
+        metrics[f"semantic_{system}"] = json.loads(done.read_text())
+        semantic_sections += semantic_report_sections(system, semantic_out)
+
+    summary = {name: m["segm"] for name, m in metrics.items() if "segm" in m}
     sets = [*generators, *variants]
-    write_pictures_and_report(out, synthetic, gt_val, sets, trainings, args, summary)
+    write_pictures_and_report(
+        out, synthetic, gt_val, sets, trainings, args, summary, semantic_sections
+    )
     total = time.perf_counter() - started
     metrics["run"] = run_record(["python", "tools/run_demo.py", *argv], steps, started_at, total)
     atomic_write_json(out / "metrics.json", metrics, indent=2)
     print("\nClass-agnostic mask metrics on synthetic_val:\n" + format_table(summary))
     print(f"\nreport: {out / 'index.html'}  ({total:.0f} s in all)")
     return metrics
+
+
+def semantic_report_sections(system: str, semantic_out: Path) -> list[tuple[str, list[Path]]]:
+    """The semantic pipeline's pictures for the demo page: colour maps and confusion matrices
+    (its own semantic.html has the per-stage and per-class tables)."""
+    confusions = sorted(semantic_out.glob("evaluation/**/semantic_confusion_hungarian.png"))
+    return [
+        (
+            f"Semantic ({system}): image | ground truth | pseudo-labels | predictions "
+            f"(semantic_{system}/semantic.html: mIoU and per-class IoU of every stage)",
+            sorted((semantic_out / "maps_grid").glob("*.png")),
+        ),
+        (f"Semantic ({system}): Hungarian-matched confusion matrices", confusions),
+    ]
 
 
 def write_pictures_and_report(
@@ -304,6 +340,7 @@ def write_pictures_and_report(
     trainings: list[Training],
     args: argparse.Namespace,
     summary: dict[str, dict[str, float]],
+    semantic_sections: list[tuple[str, list[Path]]],
 ) -> None:
     gt = json.loads(gt_val.read_text())
     panels = {
@@ -337,11 +374,13 @@ def write_pictures_and_report(
             sorted(png for p in proposal_sets for png in p.val_json.parent.rglob("*.png")),
         ),
     ]
+    sections += semantic_sections
     notes = [
         f"Command: python tools/run_demo.py --output {args.output} --num-train {args.num_train} "
         f"--num-val {args.num_val} --seed {args.seed} --rounds {args.rounds} --generators "
         f"{' '.join(args.generators)} --detectors {' '.join(args.detectors)}"
-        + (f" --saliency {' '.join(args.saliency)}" if args.saliency else ""),
+        + (f" --saliency {' '.join(args.saliency)}" if args.saliency else "")
+        + (f" --semantic {' '.join(args.semantic)}" if args.semantic else ""),
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}.",
     ]
     write_report(out, summary, sections, notes)

@@ -155,7 +155,8 @@ def add_extractor_config(node: CN, name: str, arch: str) -> None:
     node.ARCH = arch
     # Local checkpoint file; "" = random weights (only sensible for tests and benchmarks).
     node.CHECKPOINT = ""
-    # Checkpoint layout: "auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl", "timm".
+    # Checkpoint layout: "auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl",
+    # "dinov2" (Meta's DINOv2 files with registers), "timm".
     node.CHECKPOINT_FORMAT = "auto"
     # ResNet stage whose map is used: "res4" or "res5" (ref FreeSOLO: res5).
     node.RESNET_STAGE = "res5"
@@ -434,6 +435,10 @@ def add_semantic_config(cfg: CN) -> None:
     # any of "hungarian" (one-to-one; MaskDistill, COMUS), "majority" (many-to-one by IoU;
     # COMUS's overclustering), "precision" (many-to-one; Leopart).
     s.EVAL_MATCHINGS = ["hungarian"]
+    # Evaluate on a split whose name contains "train" (matching chosen on training images):
+    # off, so it never happens by accident; the embedded-data pipelines turn it on to compare a
+    # model with the pseudo-labels it was trained on, on the same images (open).
+    s.EVAL_ALLOW_TRAIN_SPLIT = False
 
 
 def add_uis_config(cfg: CN) -> None:

@@ -86,6 +86,7 @@ class Trainer(DefaultTrainer):
                 dataset_name,
                 num_clusters=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1,
                 matchings=cfg.SEMANTIC.EVAL_MATCHINGS,
+                allow_train_split=cfg.SEMANTIC.EVAL_ALLOW_TRAIN_SPLIT,
                 output_dir=output_folder,
             )
         class_aware = model_num_classes(cfg) > 1  # pseudo-classes kept in the predictions file

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from uis_d2.features.base import (
@@ -21,9 +23,8 @@ from uis_d2.features.base import (
     build_feature_extractor,
     extract_features_and_tokens,
 )
-from uis_d2.foreground.base import ForegroundProvider, build_foreground_provider
+from uis_d2.foreground.base import ForegroundProvider, build_foreground_provider, resize_map
 from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
-from uis_d2.proposals.maskdistill import single_mask_proposals
 
 
 @PSEUDO_MASK_GENERATOR_REGISTRY.register()
@@ -79,3 +80,27 @@ class ForegroundGenerator(ProposalGenerator):
             "short_side": self.extractor.short_side,
             "max_side": self.extractor.max_side,
         }
+
+
+def single_mask_proposals(
+    image: torch.Tensor, feature: torch.Tensor, grid: torch.Tensor, min_pixels: int = 0
+) -> Proposals:
+    """One image's mask (h, w, any resolution) as one proposal at the image's size, with the
+    mean feature inside it (resized to the feature grid) as its embedding; none when the mask
+    has at most ``min_pixels`` pixels at that size."""
+    masks = grid.to(feature.device)[None]
+    size = (int(image.shape[1]), int(image.shape[2]))
+    full = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+    keep = full.flatten(1).sum(dim=1) > min_pixels
+    if masks.shape[1:] != feature.shape[1:]:  # a map at another resolution than the features
+        masks = resize_map(masks[0], tuple(feature.shape[1:]))[None]
+    masks, full = masks[keep], full[keep]
+    weights = masks.flatten(1).float()
+    weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+    embeddings = (weights @ feature.flatten(1).T.float()).cpu().numpy().astype(np.float32)
+    return Proposals(
+        masks=full,
+        scores=np.ones(len(full), dtype=np.float32),
+        embeddings=embeddings,
+        debug={"foreground": grid, "grid_size": tuple(feature.shape[1:])},
+    )

@@ -20,19 +20,26 @@ def format_table(rows: dict[str, dict[str, float]], keys: list[str] = TABLE_KEYS
     return "\n".join(lines)
 
 
-def _html_table(rows: dict[str, dict[str, float]], keys: list[str]) -> str:
+def _html_table(
+    rows: dict[str, dict[str, float]], keys: list[str], table_id: str = "metrics"
+) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = []
     for name, metrics in rows.items():
-        cells = "".join(f"<td>{metrics[k]:.2f}</td>" for k in keys)
+        cells = "".join(f"<td>{_cell(metrics.get(k))}</td>" for k in keys)
         body.append(f"<tr><th scope='row'>{html.escape(name)}</th>{cells}</tr>")
     return (
-        "<table id='metrics'><thead><tr><th>method (mask)</th>"
+        (f"<table id='{table_id}'>" if table_id else "<table>")
+        + "<thead><tr><th>method (mask)</th>"
         + head
         + "</tr></thead><tbody>"
         + "".join(body)
         + "</tbody></table>"
     )
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _figure(src: str, caption: str) -> str:
@@ -66,14 +73,22 @@ def write_report(
     rows: dict[str, dict[str, float]],
     sections: list[tuple[str, list[Path]]],
     notes: list[str],
+    *,
+    keys: list[str] = TABLE_KEYS,
+    heading: str = "Class-agnostic mask metrics on the validation images",
+    file_name: str = "index.html",
+    tables: list[tuple[str, dict[str, dict[str, float | None]], list[str]]] = (),
 ) -> Path:
-    """Write ``out_dir/index.html``; images are linked by paths relative to ``out_dir``."""
+    """Write ``out_dir/file_name``; images are linked by paths relative to ``out_dir``.
+    ``tables``: more (heading, rows, keys) tables after the first."""
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>uis_d2 demo report</title>",
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>uis_d2 report</title>",
         f"<style>{STYLE}</style></head><body><h1>uis_d2: unsupervised instance segmentation</h1>",
-        "<h2>Class-agnostic mask metrics on the validation images</h2>",
-        _html_table(rows, TABLE_KEYS),
+        f"<h2>{html.escape(heading)}</h2>",
+        _html_table(rows, keys),
     ]
+    for title, extra_rows, extra_keys in tables:
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(extra_rows, extra_keys, "")]
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
     for title, images in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><div>")
@@ -83,6 +98,6 @@ def write_report(
         parts.append("</div>")
     parts.append(RENDER_CHECK)
     parts.append("</body></html>")
-    path = out_dir / "index.html"
+    path = out_dir / file_name
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
