@@ -17,10 +17,10 @@ from scripts import REPO
 PIPELINE = REPO / "tools/run_semantic_pipeline.py"
 TINY_DEEPLAB = ["SOLVER.MAX_ITER", "2", "SEMANTIC.INPUT_SIZE", "64"]
 TINY_DEEPLAB += ["SOLVER.CHECKPOINT_PERIOD", "100", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4"]
-TINY_SOLOV2 = ["SOLVER.MAX_ITER", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN"]
-TINY_SOLOV2 += ["96", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
-TINY_SOLOV2 += ["MODEL.SOLOV2.SCORE_THR", "0.0", "MODEL.SOLOV2.UPDATE_THR", "0.0"]
-TINY_SOLOV2 += ["MODEL.SOLOV2.NUM_CLASSES", "3"]
+TINY_RCNN = ["SOLVER.MAX_ITER", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN"]
+TINY_RCNN += ["96", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+TINY_RCNN += ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"]
+TINY_RCNN += ["False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _run(config: str, out, root, *opts: str) -> subprocess.CompletedProcess:
         ),
         (
             "configs/pipelines/maskdistill_synthetic.yaml",
-            ["PIPELINE.INSTANCE.OPTS", repr(TINY_SOLOV2),
+            ["PIPELINE.INSTANCE.OPTS", repr(TINY_RCNN),
              "PIPELINE.SEMANTIC.OPTS", repr([*TINY_DEEPLAB, "SEMANTIC.ROUNDS", "1"])],
             ["initial pseudo-labels", "instance model (confident maps)", "DeepLab round 1"],
         ),

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from fvcore.common.registry import Registry
 
+from uis_d2.features.base import FeatureExtractor, build_feature_extractor
+
 PSEUDO_MASK_GENERATOR_REGISTRY = Registry("PSEUDO_MASK_GENERATOR")
 PSEUDO_MASK_GENERATOR_REGISTRY.__doc__ = (
     "Offline pseudo-mask generators, built from cfg.PROPOSALS by their from_config."
@@ -68,3 +70,11 @@ def build_pseudo_mask_generator(cfg) -> ProposalGenerator:
         known = sorted(k for k, _ in PSEUDO_MASK_GENERATOR_REGISTRY)
         raise KeyError(f"PROPOSALS.GENERATOR = {name!r} is not registered; known: {known}")
     return PSEUDO_MASK_GENERATOR_REGISTRY.get(name)(cfg)
+
+
+def instance_extractor(cfg) -> tuple[FeatureExtractor, FeatureExtractor | None]:
+    """``PROPOSALS.EXTRACTOR``'s module, and the same module again when ``SALIENCY.EXTRACTOR``
+    is configured identically (so a saliency provider shares it and its forward), else None."""
+    p = cfg.PROPOSALS
+    extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
+    return extractor, extractor if p.SALIENCY.EXTRACTOR == p.EXTRACTOR else None

@@ -20,11 +20,15 @@ from detectron2.config import configurable
 
 from uis_d2.features.base import (
     FeatureExtractor,
-    build_feature_extractor,
     extract_features_and_tokens,
 )
 from uis_d2.foreground.base import ForegroundProvider, build_foreground_provider, resize_map
-from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
+from uis_d2.proposals.base import (
+    PSEUDO_MASK_GENERATOR_REGISTRY,
+    ProposalGenerator,
+    Proposals,
+    instance_extractor,
+)
 
 
 @PSEUDO_MASK_GENERATOR_REGISTRY.register()
@@ -41,13 +45,11 @@ class ForegroundGenerator(ProposalGenerator):
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
-        p = cfg.PROPOSALS
-        extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
-        shared = extractor if p.SALIENCY.EXTRACTOR == p.EXTRACTOR else None
+        extractor, shared = instance_extractor(cfg)
         return {
             "extractor": extractor,
             "foreground": build_foreground_provider(cfg, extractor=shared),
-            "min_pixels": p.FOREGROUND.MIN_PIXELS,
+            "min_pixels": cfg.PROPOSALS.FOREGROUND.MIN_PIXELS,
         }
 
     def to(self, device: torch.device) -> ForegroundGenerator:

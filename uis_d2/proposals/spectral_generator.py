@@ -26,7 +26,6 @@ from detectron2.config import configurable
 
 from uis_d2.features.base import (
     FeatureExtractor,
-    build_feature_extractor,
     extract_features,
     extract_features_and_tokens,
 )
@@ -37,7 +36,12 @@ from uis_d2.foreground.base import (
     build_saliency_extractor,
     resize_map,
 )
-from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
+from uis_d2.proposals.base import (
+    PSEUDO_MASK_GENERATOR_REGISTRY,
+    ProposalGenerator,
+    Proposals,
+    instance_extractor,
+)
 from uis_d2.proposals.postprocess import (
     border_foreground,
     mask_nms,
@@ -289,9 +293,7 @@ class SpectralProposalGenerator(ProposalGenerator):
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
         p = cfg.PROPOSALS
-        extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP)
-        # One shared module when both extractor configs are identical.
-        shared = extractor if p.SALIENCY.EXTRACTOR == p.EXTRACTOR else None
+        extractor, shared = instance_extractor(cfg)
         saliency_extractor = foreground = None
         if p.SALIENCY.ENABLED and list(p.SALIENCY.PROVIDERS) == ["SpectralBorder"]:
             saliency_extractor = build_saliency_extractor(cfg, shared)
