@@ -39,6 +39,7 @@ import uis_d2  # noqa: F401  (compat before detectron2)
 from detectron2.data import MetadataCatalog
 from fvcore.common.config import CfgNode as CN
 
+from uis_d2.config import load_config
 from uis_d2.config.loading import ConfigError
 from uis_d2.report.semantic import write_semantic_report
 from uis_d2.report.steps import REPO, Steps, run_record
@@ -110,16 +111,13 @@ class SemanticPipeline:
         self.p, self.out, self.steps = p, out, steps
         self.stages: dict[str, dict] = {}
 
-    def tool(self, name: str) -> Path:
-        return TOOLS / name
-
     def evaluate_maps(self, stage: str, maps: Path) -> None:
         """Hungarian mIoU of a folder of maps on the training images (an image without a map
         counts as all background)."""
         if not self.p.EVAL.TRAIN_DATASET:
             return
         out = self.out / f"evaluation/{stage}"
-        command = [self.tool("evaluate_semantic.py"), "--pred", maps]
+        command = [TOOLS / "evaluate_semantic.py", "--pred", maps]
         command += ["--dataset", self.p.EVAL.TRAIN_DATASET, "--out", out]
         command += ["--allow-train-split", "--missing", "background"]
         command += ["--num-clusters", self.p.CLUSTERING.NUM_CLUSTERS]
@@ -129,11 +127,11 @@ class SemanticPipeline:
     def proposals_and_clusters(self) -> Path:
         p = self.p
         proposals = self.out / "proposals.json"
-        command = [self.tool("generate_proposals.py"), "--config-file", p.PROPOSALS.CONFIG]
+        command = [TOOLS / "generate_proposals.py", "--config-file", p.PROPOSALS.CONFIG]
         command += ["--dataset", p.TRAIN_DATASET, "--output", proposals, *p.PROPOSALS.OPTS]
         self.steps.run("proposals", command, proposals)
         clustered = self.out / "clustered.json"
-        command = [self.tool("cluster_pseudo_classes.py"), "--pseudo-labels", proposals]
+        command = [TOOLS / "cluster_pseudo_classes.py", "--pseudo-labels", proposals]
         command += ["--output", clustered, "--method", p.CLUSTERING.METHOD]
         command += ["--num-clusters", p.CLUSTERING.NUM_CLUSTERS]
         command += ["--embedding", p.CLUSTERING.EMBEDDING, "--config-file", p.PROPOSALS.CONFIG]
@@ -146,7 +144,7 @@ class SemanticPipeline:
 
     def initial_maps(self, clustered: Path) -> Path:
         maps = self.out / "maps_initial"
-        command = [self.tool("make_semantic_pseudo_labels.py"), "--clustered", clustered]
+        command = [TOOLS / "make_semantic_pseudo_labels.py", "--clustered", clustered]
         self.steps.run("initial maps", [*command, "--output", maps], maps / "labels_info.json")
         self.evaluate_maps("initial pseudo-labels", maps)
         return maps
@@ -155,7 +153,7 @@ class SemanticPipeline:
         """MaskDistill's class-aware instance model and its confident maps."""
         p = self.p
         train_dir = self.out / "instance"
-        command = [self.tool("train_net.py"), "--config-file", p.INSTANCE.CONFIG]
+        command = [TOOLS / "train_net.py", "--config-file", p.INSTANCE.CONFIG]
         command += ["OUTPUT_DIR", train_dir, "INPUT.PSEUDO_MASKS.REGISTER", "[]"]
         command += ["INPUT.PSEUDO_MASKS.CLASSES", "pseudo"]  # the json's images, where it says
         command += ["DATASETS.TRAIN", repr((f"pseudo:{clustered}",)), "DATASETS.TEST", "()"]
@@ -163,12 +161,12 @@ class SemanticPipeline:
         final = train_dir / "round1/model_final.pth"
         self.steps.run("class-aware instance model", command, final)
         predictions = train_dir / f"inference/{p.TRAIN_DATASET}/class_agnostic_predictions.json"
-        command = [self.tool("train_net.py"), "--config-file", train_dir / "round1/config.yaml"]
+        command = [TOOLS / "train_net.py", "--config-file", train_dir / "round1/config.yaml"]
         command += ["--eval-only", "MODEL.WEIGHTS", final, "OUTPUT_DIR", train_dir]
         command += ["DATASETS.TEST", repr((p.TRAIN_DATASET,)), "DATASETS.TRAIN", "()"]
         self.steps.run("instance predictions", command, predictions)
         maps = self.out / "maps_confident"
-        command = [self.tool("make_semantic_pseudo_labels.py"), "--predictions", predictions]
+        command = [TOOLS / "make_semantic_pseudo_labels.py", "--predictions", predictions]
         command += ["--dataset", p.TRAIN_DATASET]  # category_id: the model's classes 0..K-1
         command += ["--score-thresh", p.PAINTING.SCORE_THRESH, "--output", maps]
         self.steps.run("confident maps", command, maps / "labels_info.json")
@@ -178,12 +176,12 @@ class SemanticPipeline:
     def semantic_rounds(self, maps: Path) -> None:
         p = self.p
         train_dir = self.out / "semantic"
-        sem_cfg = load_semantic_config(p.SEMANTIC.CONFIG, p.SEMANTIC.OPTS)
+        sem_cfg = load_config(p.SEMANTIC.CONFIG, list(p.SEMANTIC.OPTS))
         rounds = sem_cfg.SEMANTIC.ROUNDS
         labels = [["pipeline_semantic_maps", p.TRAIN_DATASET, str(maps)]]
         common = ["SEMANTIC.PSEUDO_LABELS", repr(labels), "DATASETS.TRAIN"]
         common += ["('pipeline_semantic_maps',)", "SEMANTIC.RELABEL_DATASET", p.TRAIN_DATASET]
-        command = [self.tool("train_net.py"), "--config-file", p.SEMANTIC.CONFIG, "--resume"]
+        command = [TOOLS / "train_net.py", "--config-file", p.SEMANTIC.CONFIG, "--resume"]
         command += ["OUTPUT_DIR", train_dir, *common, "DATASETS.TEST", "()", *p.SEMANTIC.OPTS]
         self.steps.run("semantic rounds", command, train_dir / f"round{rounds}/model_final.pth")
         for r in range(1, rounds + 1):
@@ -191,7 +189,7 @@ class SemanticPipeline:
                 if not dataset:
                     continue
                 out = self.out / f"evaluation/round{r}_{split}"
-                command = [self.tool("train_net.py"), "--config-file", p.SEMANTIC.CONFIG]
+                command = [TOOLS / "train_net.py", "--config-file", p.SEMANTIC.CONFIG]
                 command += ["--eval-only", "MODEL.WEIGHTS", train_dir / f"round{r}/model_final.pth"]
                 command += ["OUTPUT_DIR", out, *common, "DATASETS.TEST", repr((dataset,))]
                 command += ["SEMANTIC.EVAL_ALLOW_TRAIN_SPLIT", str(split == "train")]
@@ -199,12 +197,6 @@ class SemanticPipeline:
                 metrics = out / f"inference/{dataset}/semantic_metrics.json"
                 self.steps.run(f"evaluate round {r} ({split})", command, metrics)
                 self.stages.setdefault(f"DeepLab round {r}", {})[split] = metrics
-
-
-def load_semantic_config(config_file: str, opts: list[str]):
-    from uis_d2.config import load_config
-
-    return load_config(config_file, list(opts))
 
 
 def main(argv: list[str] | None = None) -> int:
