@@ -156,12 +156,17 @@ def add_extractor_config(node: CN, name: str, arch: str) -> None:
     # Local checkpoint file; "" = random weights (only sensible for tests and benchmarks).
     node.CHECKPOINT = ""
     # Checkpoint layout: "auto", "mae", "dino", "mocov3", "msn", "selfpatch", "densecl",
-    # "dinov2" (Meta's DINOv2 files with registers), "timm".
+    # "dinov2" (Meta's DINOv2 files with registers), "leopart" / "leopart_teacher" (a
+    # tools/finetune_leopart.py checkpoint or the reference's: student / EMA teacher), "timm".
     node.CHECKPOINT_FORMAT = "auto"
     # ResNet stage whose map is used: "res4" or "res5" (ref FreeSOLO: res5).
     node.RESNET_STAGE = "res5"
     # Patch size of the weight-free extractor, in pixels.
     node.PATCH_SIZE = 16
+    # timm architecture arguments overriding ARCH's, as "name=value" strings (Python literals),
+    # e.g. ["depth=2", "embed_dim=64", "num_heads=2", "patch_size=8"] for a CPU-sized ViT; a
+    # checkpoint must then have been trained with the same ones (open).
+    node.MODEL_KWARGS = []
 
 
 def add_proposals_config(cfg: CN) -> None:
@@ -441,6 +446,95 @@ def add_semantic_config(cfg: CN) -> None:
     s.EVAL_ALLOW_TRAIN_SPLIT = False
 
 
+def add_leopart_config(cfg: CN) -> None:
+    """Leopart's dense fine-tuning (tools/finetune_leopart.py; SEED_SYSTEMS.md 3.1-3.6). The
+    run itself uses detectron2's keys: DATASETS.TRAIN (images only), SOLVER.IMS_PER_BATCH,
+    SOLVER.MAX_ITER, SOLVER.CHECKPOINT_PERIOD, SOLVER.AMP.ENABLED, DATALOADER.NUM_WORKERS,
+    INPUT.BAD_IMAGE_POLICY, SEED, OUTPUT_DIR."""
+    cfg.LEOPART = CN()
+    lp = cfg.LEOPART
+    lp.BACKBONE = CN()
+    # The student ViT and where its weights start: DINO ViT-S/16, every block trained (paper,
+    # ref); the EMA teacher starts as its copy.
+    add_extractor_config(lp.BACKBONE, "TimmViTKeys", "vit_small_patch16_224")
+    # Stochastic depth of the student (ref 0.1); the teacher runs in eval mode without it.
+    lp.DROP_PATH = 0.1
+    lp.HEAD = CN()
+    # Projection head: a 3-layer MLP, GELU, on every patch token (class token excluded):
+    # embed_dim -> 2048 -> 2048 -> 256, output L2-normalised (ref).
+    lp.HEAD.HIDDEN_DIM = 2048
+    lp.HEAD.OUT_DIM = 256
+    # Prototypes: bias-free rows re-normalised before every step (paper Table 1d: 300 best of
+    # 100/300/500).
+    lp.HEAD.NUM_PROTOTYPES = 300
+    lp.CROPS = CN()
+    # Global crops: count, side in pixels, area share range (paper: 2 x 224, [0.25, 1]).
+    lp.CROPS.NUM_GLOBAL = 2
+    lp.CROPS.GLOBAL_SIZE = 224
+    lp.CROPS.GLOBAL_SCALE = [0.25, 1.0]
+    # Local crops (paper: 4 x 96, [0.05, 0.25]; Table 1b: [2, 4] beats [2] and [2, 2]).
+    lp.CROPS.NUM_LOCAL = 4
+    lp.CROPS.LOCAL_SIZE = 96
+    lp.CROPS.LOCAL_SCALE = [0.05, 0.25]
+    # Aspect ratio range of every crop (ref: RandomResizedCrop's default 3/4 - 4/3).
+    lp.CROPS.RATIO = [0.75, 1.3333333]
+    # A crop is drawn again until it overlaps every global crop by more than this share of the
+    # image area (ref 0.01), the two global crops each other by GLOBAL_MIN_OVERLAP (ref 0.02).
+    lp.CROPS.MIN_OVERLAP = 0.01
+    lp.CROPS.GLOBAL_MIN_OVERLAP = 0.02
+    # Draws per crop before the last one is kept; a pair of crops without overlap then adds no
+    # loss (open: the ref loops without bound).
+    lp.CROPS.MAX_TRIES = 50
+    lp.PHOTOMETRIC = CN()
+    # Colour jitter brightness, contrast, saturation, hue, applied with JITTER_PROB; grayscale
+    # and Gaussian blur probabilities and blur sigma range; no flips, which would break the
+    # crops' alignment (ref).
+    lp.PHOTOMETRIC.JITTER = [0.8, 0.8, 0.8, 0.2]
+    lp.PHOTOMETRIC.JITTER_PROB = 0.8
+    lp.PHOTOMETRIC.GRAYSCALE_PROB = 0.2
+    lp.PHOTOMETRIC.BLUR_PROB = 0.5
+    lp.PHOTOMETRIC.BLUR_SIGMA = [0.1, 2.0]
+    # Blur kernel side as a share of the crop side, rounded up to odd (open: DINO's 23 px at 224).
+    lp.PHOTOMETRIC.BLUR_KERNEL_SHARE = 0.1
+    lp.SINKHORN = CN()
+    # Optimal-transport targets: entropy eps and iterations (ref 0.05, 3).
+    lp.SINKHORN.EPSILON = 0.05
+    lp.SINKHORN.ITERATIONS = 3
+    lp.QUEUE = CN()
+    # Teacher embeddings prepended to the Sinkhorn batch once the queue is full (ref 8,192 in
+    # all, divided over the processes); 0 = no queue.
+    lp.QUEUE.SIZE = 8192
+    # Foreground teacher embeddings pushed per image and step (ref: 10 x batch size per step).
+    lp.QUEUE.PUSH_PER_IMAGE = 10
+    lp.LOSS = CN()
+    # Softmax temperature of the student's scores (ref 0.1).
+    lp.LOSS.TEMPERATURE = 0.1
+    # Side of the RoIAlign grid both crops of a pair are aligned to (ref 7).
+    lp.LOSS.ROI_SIZE = 7
+    # Which tokens the loss reads (paper Table 1a): "foreground" (bins entirely inside the
+    # teacher's attention foreground; best), "background" or "all".
+    lp.LOSS.TOKENS = "foreground"
+    lp.FOREGROUND = CN()
+    # The teacher's class-token attention mask of each global crop (paper 3.1): heads averaged
+    # ([] = all), 7 x 7 Gaussian blur of sigma 0.6 patches, the patches holding 60% of the mass
+    # (paper; the ref's feature dump uses 65%), 8-connected components of <= 2 patches dropped.
+    lp.FOREGROUND.HEADS = []
+    lp.FOREGROUND.MASS = 0.6
+    lp.FOREGROUND.BLUR_SIZE = 7
+    lp.FOREGROUND.BLUR_SIGMA = 0.6
+    lp.FOREGROUND.MAX_DROPPED_COMPONENT = 2
+    lp.OPTIM = CN()
+    # AdamW learning rates of the backbone and of the head + prototypes, both decayed to 0 by a
+    # per-step cosine (ref 1e-5, 1e-4); SOLVER.BASE_LR is not read.
+    lp.OPTIM.BACKBONE_LR = 1e-5
+    lp.OPTIM.HEAD_LR = 1e-4
+    # Weight decay, cosine from the first to the second value over the run, on weights only
+    # (biases and norm parameters: 0) (ref 0.04 -> 0.5).
+    lp.OPTIM.WEIGHT_DECAY = [0.04, 0.5]
+    # Teacher EMA momentum, cosine from the first to the second value per step (ref 0.9995 -> 1).
+    lp.OPTIM.TEACHER_MOMENTUM = [0.9995, 1.0]
+
+
 def add_uis_config(cfg: CN) -> None:
     """Add every uis_d2 key to a detectron2 config (call before merging a yaml)."""
     add_solov2_config(cfg)
@@ -450,3 +544,4 @@ def add_uis_config(cfg: CN) -> None:
     add_self_training_config(cfg)
     add_rcnn_config(cfg)
     add_semantic_config(cfg)
+    add_leopart_config(cfg)

@@ -163,6 +163,12 @@ class FeatureExtractor(nn.Module):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return ((x - self._mean) / self._std)[0]
 
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """RGB (B, 3, H, W) in [0, 1] -> the model's input normalisation on its device, at the
+        size given: for callers that resize themselves (e.g. to a fixed square, as Leopart's
+        evaluation does) instead of ``preprocess``'s aspect-keeping rule."""
+        return (pixels.to(self.device, torch.float32) - self._mean) / self._std
+
     def forward(self, images: torch.Tensor) -> FeatureMap:
         if images.ndim != 4 or images.shape[-2] % self.stride or images.shape[-1] % self.stride:
             raise ValueError(

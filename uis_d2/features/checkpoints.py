@@ -14,6 +14,11 @@ Accepted layouts (``CHECKPOINT_FORMAT``; "auto" detects them from the file's top
 - ``dinov2``: the official DINOv2 files (``dinov2_vitb14[_reg4]_pretrain.pth``): a bare state
   dict in Meta's names, renamed to timm's (``_dinov2_to_timm``); timm's own conversion of these
   weights (``model.safetensors``) is ``timm``.
+- ``leopart``: a Leopart fine-tuning checkpoint, the student's ViT: ours
+  (tools/finetune_leopart.py: ``{"model": ...}`` with ``student.model.`` names) or the reference's
+  Lightning file (``{"state_dict": ...}`` with ``model.`` names); the projection head, the
+  prototypes and the teacher are discarded. ``leopart_teacher`` reads the EMA teacher instead
+  (``teacher.model.`` / ``teacher.``).
 - ``timm``: a bare state dict in a ``.pth``/``.bin`` file, or a ``.safetensors`` file.
 """
 
@@ -48,6 +53,8 @@ ENCODER_PREFIXES = {
         "module.",
         "",
     ),
+    "leopart": ("module.student.model.", "student.model.", "model."),
+    "leopart_teacher": ("module.teacher.model.", "teacher.model.", "teacher."),
     "timm": ("module.", ""),
     "moco": ("module.encoder_q.", "encoder_q.", ""),
     "torchvision": ("module.", ""),
@@ -62,6 +69,8 @@ CHECKPOINT_FORMATS = (
     "selfpatch",
     "dinov2",
     "densecl",
+    "leopart",
+    "leopart_teacher",
     "timm",
 )
 # A checkpoint must supply at least this fraction of the model's tensors, or it is the wrong file.
@@ -95,6 +104,8 @@ def detect_format(path: Path, obj: Mapping) -> str:
         return "timm"
     if "target_encoder" in obj:
         return "msn"
+    if _is_leopart(obj):
+        return "leopart"
     if "state_dict" in obj:
         keys = obj["state_dict"].keys()
         if any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in keys):
@@ -109,6 +120,22 @@ def detect_format(path: Path, obj: Mapping) -> str:
     return "dino"
 
 
+def _is_leopart(obj: Mapping) -> bool:
+    """A Leopart checkpoint: its state dict holds the student under ``student.model.`` (ours)
+    or beside a ``teacher.`` copy (the reference's Lightning module)."""
+    for key in ("model", "state_dict"):
+        state = obj.get(key)
+        if isinstance(state, Mapping):
+            names = [str(k) for k in state]
+            if any(k.startswith("student.model.") for k in names):
+                return True
+            if any(k.startswith("teacher.") for k in names) and any(
+                k.startswith("model.") for k in names
+            ):
+                return True
+    return False
+
+
 def _unwrap(obj: Mapping, fmt: str, path: Path) -> Mapping:
     wrappers = {
         "mae": ("model",),
@@ -118,6 +145,8 @@ def _unwrap(obj: Mapping, fmt: str, path: Path) -> Mapping:
         "selfpatch": ("teacher", "student", "state_dict", "model"),
         "dinov2": ("teacher",),
         "densecl": ("state_dict",),
+        "leopart": ("model", "state_dict"),
+        "leopart_teacher": ("model", "state_dict"),
         "timm": ("state_dict", "model"),
     }[fmt]
     for key in wrappers:

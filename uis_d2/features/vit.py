@@ -7,7 +7,9 @@ token's attention over the patches, and the final-norm class and patch tokens.
 
 from __future__ import annotations
 
+import ast
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -18,6 +20,23 @@ from torch import nn
 
 from uis_d2.features.base import FEATURE_EXTRACTOR_REGISTRY, TOKEN_NAMES, FeatureExtractor
 from uis_d2.features.checkpoints import load_checkpoint
+
+
+def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``MODEL_KWARGS`` ("name=value" strings, values Python literals) as timm arguments."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        try:
+            if not sep or not name.strip().isidentifier():
+                raise ValueError("not name=value")
+            kwargs[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(
+                f"MODEL_KWARGS entry {item!r}: expected name=value with a Python literal value "
+                f"(e.g. 'depth=2'): {err}"
+            ) from None
+    return kwargs
 
 
 @FEATURE_EXTRACTOR_REGISTRY.register()
@@ -54,6 +73,12 @@ class TimmViTKeys(FeatureExtractor):
         self.provided_tokens = frozenset(
             name for name in TOKEN_NAMES if has_class_token or name not in class_tokens
         )
+
+    @classmethod
+    def from_config(cls, cfg, short_side: int = 480, max_side: int = 800) -> dict[str, Any]:
+        args = super().from_config(cfg, short_side, max_side)
+        args["model_kwargs"] = parse_model_kwargs(cfg.MODEL_KWARGS)
+        return args
 
     def _keep_qkv(self, _module, _inputs, output: torch.Tensor) -> None:
         self._qkv = output
