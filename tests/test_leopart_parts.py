@@ -199,7 +199,7 @@ def test_the_crop_mapper_gives_crops_and_boxes_and_skips_unreadable_images(tmp_p
     assert [tuple(c.shape) for c in out["crops"]] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 4
     assert out["crops"][0].dtype == torch.uint8 and out["boxes"].shape == (6, 4)
     assert mapper({"file_name": str(broken)}) is None
-    cfg.INPUT.BAD_IMAGE_POLICY = "error"
+    cfg.INPUT.BAD_IMAGE_POLICY = "fail"
     with pytest.raises(ValueError, match="broken.jpg"):
         MultiCropMapper(cfg)({"file_name": str(broken)})
 
