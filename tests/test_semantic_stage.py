@@ -25,7 +25,11 @@ from uis_d2.config.loading import ConfigError
 from uis_d2.data.image_folder import folder_image_id
 from uis_d2.engine import Trainer
 from uis_d2.semantic import rounds as rounds_module
-from uis_d2.semantic.data import ScaleRotateTransform, semantic_augmentations
+from uis_d2.semantic.data import (
+    ScaleRotateTransform,
+    SemanticTrainMapper,
+    semantic_augmentations,
+)
 from uis_d2.semantic.head import HardPixelCrossEntropy, hard_pixel_cross_entropy
 from uis_d2.semantic.painting import paint_confident, paint_initial
 from uis_d2.semantic.pseudo_maps import (
@@ -246,7 +250,7 @@ def test_confident_maps_from_a_results_json_on_an_image_folder(tmp_path):
     assert not (tmp_path / "other_maps").exists()
 
 
-def test_registered_maps_load_through_detectron2_dataset_mapper(tmp_path):
+def test_registered_maps_load_like_detectron2s_mapper_and_bad_images_follow_the_policy(tmp_path):
     images = tmp_path / "images"
     _write_images(images, ["a/p.png", "q.png", "r.png"], shape=(40, 60))
     maps = tmp_path / "maps"
@@ -260,12 +264,23 @@ def test_registered_maps_load_through_detectron2_dataset_mapper(tmp_path):
     cfg = load_config(BASE_CONFIG, ["SEMANTIC.INPUT_SIZE", "32"])
     for augmentation in ("resized_crop", "scale_rotate"):
         cfg.SEMANTIC.AUGMENTATION = augmentation
-        mapper = DatasetMapper(
+        reference = DatasetMapper(
             True, augmentations=semantic_augmentations(cfg, True), image_format="RGB"
         )
-        item = mapper(records[0])
+        np.random.seed(3)
+        expected = reference(records[0])
+        np.random.seed(3)
+        item = SemanticTrainMapper(cfg)(records[0])
         assert item["image"].shape == (3, 32, 32) and item["sem_seg"].shape == (32, 32)
+        assert torch.equal(item["image"], expected["image"])
+        assert torch.equal(item["sem_seg"], expected["sem_seg"])
         assert set(item["sem_seg"].unique().tolist()) <= {0, 3}
+    broken = dict(records[1], file_name=str(tmp_path / "broken.png"))
+    Path(broken["file_name"]).write_bytes(b"\x89PNG truncated")
+    assert SemanticTrainMapper(cfg)(broken) is None  # skip: the loader draws another image
+    cfg.INPUT.BAD_IMAGE_POLICY = "fail"
+    with pytest.raises(ValueError, match="broken.png"):
+        SemanticTrainMapper(cfg)(broken)
 
 
 def test_scale_rotate_warps_about_the_centre_and_fills_background():

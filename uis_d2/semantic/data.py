@@ -1,8 +1,11 @@
 """Inputs of the semantic stage: the references' augmentations as detectron2 transforms, and the
 loaders the Trainer uses for a ``SemanticSegmentor`` config.
 
-Training goes through detectron2's own ``DatasetMapper`` (image + ``sem_seg_file_name``, both
-augmented by the same transforms, labels nearest-neighbour). ``SEMANTIC.AUGMENTATION``:
+Training maps image + ``sem_seg_file_name`` as detectron2's ``DatasetMapper`` does (both
+augmented by the same transforms, labels nearest-neighbour), reading the image with the
+project's ``read_image`` so that an unreadable training image follows INPUT.BAD_IMAGE_POLICY
+("skip": detectron2's loader draws another image, a warning names the file; "fail": the error
+names it), as for the instance models. ``SEMANTIC.AUGMENTATION``:
 
 - "resized_crop" (COMUS, torchvision's RandomResizedCrop): a crop whose sides are shares of the
   image's drawn from [sqrt(MIN_CROP_AREA), 1] (``T.RandomCrop("relative_range")``), resized to
@@ -24,12 +27,15 @@ argmax. Inputs must be multiples of 8 on each side: the output stride of the dil
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetMapper,
@@ -39,8 +45,12 @@ from detectron2.data import (
 )
 from detectron2.data import transforms as T
 
+from uis_d2.data.image_io import BadImageError, read_image
 from uis_d2.data.mapper import PseudoMaskDatasetMapper
+from uis_d2.data.semantic import read_label_png
 from uis_d2.engine.unreadable import MapKeepingUnreadable
+
+logger = logging.getLogger(__name__)
 
 SEMANTIC_META_ARCHITECTURE = "SemanticSegmentor"
 AUGMENTATIONS = ("resized_crop", "scale_rotate")
@@ -108,13 +118,42 @@ def semantic_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]
     raise ValueError(f"SEMANTIC.AUGMENTATION = {s.AUGMENTATION!r}: one of {list(AUGMENTATIONS)}")
 
 
+class SemanticTrainMapper(DatasetMapper):
+    """Image and label map through the same augmentations (see the module docstring); None for
+    an unreadable image under the skip policy."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__(
+            True, augmentations=semantic_augmentations(cfg, True), image_format=cfg.INPUT.FORMAT
+        )
+        self.skip_bad_images = cfg.INPUT.BAD_IMAGE_POLICY == "skip"
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        try:
+            image = read_image(dataset_dict["file_name"], self.image_format)
+        except BadImageError as err:
+            if not self.skip_bad_images:
+                raise
+            logger.warning(f"Skipping unreadable training image (INPUT.BAD_IMAGE_POLICY): {err}")
+            return None
+        labels = read_label_png(dataset_dict.pop("sem_seg_file_name")).astype(np.uint8)
+        if labels.shape != image.shape[:2]:
+            raise ValueError(
+                f"{dataset_dict['file_name']}: label map {labels.shape} and image "
+                f"{image.shape[:2]} differ in size"
+            )
+        aug_input = T.AugInput(image, sem_seg=labels)
+        self.augmentations(aug_input)
+        dataset_dict["image"] = torch.as_tensor(aug_input.image.transpose(2, 0, 1).copy())
+        dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        return dataset_dict
+
+
 def build_semantic_train_loader(cfg: CfgNode):
-    """detectron2's train loader over DATASETS.TRAIN's map records, with its ``DatasetMapper``."""
+    """detectron2's train loader over DATASETS.TRAIN's map records (``SemanticTrainMapper``)."""
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-    mapper = DatasetMapper(
-        True, augmentations=semantic_augmentations(cfg, True), image_format=cfg.INPUT.FORMAT
-    )
-    return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+    return build_detection_train_loader(cfg, mapper=SemanticTrainMapper(cfg), dataset=dicts)
 
 
 def build_semantic_inference_loader(cfg: CfgNode, dicts: Sequence[dict[str, Any]]):
