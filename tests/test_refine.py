@@ -19,7 +19,12 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 from uis_d2.config import load_config
 from uis_d2.data.image_io import read_image
 from uis_d2.proposals.base import Proposals, build_pseudo_mask_generator
-from uis_d2.proposals.dense_crf import CRFParams, MissingCRFPackageError, dense_crf
+from uis_d2.proposals.dense_crf import (
+    CRFParams,
+    MissingCRFPackageError,
+    dense_crf,
+    dense_crf_labels,
+)
 from uis_d2.proposals.refine import MaskRefiner, fill_holes, paired_iou, working_size
 from uis_d2.proposals.runner import generate_on_this_rank, prepare_job
 from uis_d2.utils.masks import rle_to_mask
@@ -94,6 +99,32 @@ def test_torch_crf_agrees_with_the_reference_implementation(image):
     ours = dense_crf(image, masks, CUTLER, "torch")
     reference = dense_crf(image, masks, CUTLER, "pydensecrf")
     assert (paired_iou(ours, reference) > 0.99).all()
+
+
+def test_multi_label_crf_with_two_labels_is_the_binary_crf(image):
+    """MaskCut's binary unary (softmax of the one-hot map) as two-label probabilities: the
+    multi-label mean field must give the binary CRF's masks."""
+    for mask in (COARSE, STRAY, TRUTH):
+        foreground = torch.sigmoid(torch.from_numpy(mask).float() * 2 - 1)
+        labels = dense_crf_labels(image, torch.stack([1 - foreground, foreground]), CUTLER)
+        binary = dense_crf(image, torch.from_numpy(mask)[None], CUTLER, "torch")[0]
+        assert torch.equal(labels == 1, binary)
+
+
+def test_multi_label_crf_snaps_noisy_segment_probabilities_to_the_colour_regions(image):
+    """Three labels (background, ring, a third class on the ring's hole): probabilities that
+    are only weakly right, with noise, come out as the image's colour regions."""
+    truth = np.where(RING, 1, np.where(_disc(40, 44, 9), 2, 0))
+    rng = np.random.default_rng(1)
+    logits = np.eye(3)[truth].transpose(2, 0, 1) * 0.6 + rng.normal(0, 0.5, (3, HEIGHT, WIDTH))
+    probabilities = torch.from_numpy(logits).float().softmax(dim=0)
+    noisy_accuracy = float((probabilities.argmax(0).numpy() == truth).mean())
+    labels = dense_crf_labels(image, probabilities, CUTLER).numpy()
+    assert noisy_accuracy < 0.8
+    assert (labels[RING | ~TRUTH] == truth[RING | ~TRUTH]).mean() > 0.97
+    # The hole has the background's colour: the CRF may merge it into the background, never
+    # into the ring across the colour edge.
+    assert (labels[_disc(40, 44, 7)] != 1).all()
 
 
 def test_torch_crf_is_deterministic(image):

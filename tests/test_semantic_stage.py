@@ -40,7 +40,9 @@ from uis_d2.semantic.pseudo_maps import (
 )
 from uis_d2.semantic.rounds import (
     LABELS_DIR,
+    predicted_labels,
     prepare_semantic_config,
+    relabel_crf_params,
     round_labels_name,
     run_semantic_rounds,
     validate_semantic_config,
@@ -369,10 +371,36 @@ def test_dilated_backbone_has_output_stride_8_and_loads_torchvision_names():
     assert model.backbone.res5[0].conv2.dilation == (4, 4)
 
 
+def test_relabelling_with_the_crf_takes_the_refined_argmax_of_an_rgb_image():
+    """Scores that favour class 1 everywhere but weakly, on an image whose right half is red:
+    the CRF (strong pairwise terms) follows the colour edge, the plain argmax does not; a BGR
+    input gives the same labels as its RGB twin."""
+    cfg = load_config(BASE_CONFIG, ["SEMANTIC.ROUNDS", "2", "SEMANTIC.RELABEL_DATASET", "x"])
+    assert relabel_crf_params(cfg) is None
+    cfg.SEMANTIC.RELABEL_CRF.ENABLED = True
+    crf = relabel_crf_params(cfg)
+    assert crf.iters == 10 and crf.bilateral_sxy == 67.0 and crf.gaussian_compat == 3.0
+    rgb = torch.zeros(3, 24, 24, dtype=torch.uint8)
+    rgb[0, :, 12:] = 220
+    scores = torch.zeros(2, 24, 24)
+    scores[1] = 0.1
+    scores[0, :, :12] = 0.3  # the left half leans to class 0, not enough to win
+    scores[1, :, :12] = 0.0
+    scores[0, :, 12:] = 0.0
+    scores[0, 3, 3] = -5.0  # one noisy pixel on the left
+    plain = predicted_labels(scores, rgb, "RGB", None)
+    assert plain[3, 3] == 1
+    refined = predicted_labels(scores, rgb, "RGB", crf)
+    assert (refined[:, :12] == 0).all() and (refined[:, 12:] == 1).all()
+    assert torch.equal(predicted_labels(scores, rgb.flip(0), "BGR", crf), refined)
+
+
 def test_semantic_config_errors_name_the_key(tmp_path):
     cfg = _tiny_cfg(tmp_path, tmp_path)
     with pytest.raises(ConfigError, match="SEMANTIC.INPUT_SIZE"):
         validate_semantic_config(load_config(BASE_CONFIG, ["SEMANTIC.INPUT_SIZE", "100"]))
+    with pytest.raises(ConfigError, match="SEMANTIC.RELABEL_CRF.ENABLED"):
+        validate_semantic_config(load_config(BASE_CONFIG, ["SEMANTIC.RELABEL_CRF.ENABLED", "True"]))
     cfg.SEMANTIC.ROUNDS = 2
     with pytest.raises(ConfigError, match="SEMANTIC.RELABEL_DATASET"):
         validate_semantic_config(cfg)

@@ -436,6 +436,21 @@ def add_semantic_config(cfg: CN) -> None:
     # IMS_PER_BATCH) and needs SOLVER.STEPS empty; [] = SOLVER.MAX_ITER in every round (COMUS
     # VOC: [10, 5]; COCO: [1]).
     s.ROUND_EPOCHS = []
+    # MaskDistill's optional CRF rounds (paper App. B, ref train_plus_crf.sh): the relabelling
+    # pass between rounds refines each prediction with a fully connected multi-label Potts CRF
+    # on its softmax and the image, at the square input (open: the ref's size is not
+    # documented), before the argmax; the refined maps train the next round. Torch backend of
+    # PROPOSALS.REFINE's CRF (proposals/dense_crf.py). Constants: ref (10 iterations; Gaussian
+    # sxy 1, compat 3; bilateral sxy 67, srgb 3, compat 4); the paper warns they need a small
+    # annotated validation set to tune.
+    s.RELABEL_CRF = CN()
+    s.RELABEL_CRF.ENABLED = False
+    s.RELABEL_CRF.ITERS = 10
+    s.RELABEL_CRF.GAUSSIAN_SXY = 1.0
+    s.RELABEL_CRF.GAUSSIAN_COMPAT = 3.0
+    s.RELABEL_CRF.BILATERAL_SXY = 67.0
+    s.RELABEL_CRF.BILATERAL_SRGB = 3.0
+    s.RELABEL_CRF.BILATERAL_COMPAT = 4.0
     # How the evaluation on a semantic split maps the K + 1 predicted ids to its classes:
     # any of "hungarian" (one-to-one; MaskDistill, COMUS), "majority" (many-to-one by IoU;
     # COMUS's overclustering), "precision" (many-to-one; Leopart).

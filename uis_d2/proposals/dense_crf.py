@@ -88,12 +88,14 @@ def require_pydensecrf() -> ModuleType:
     return dcrf
 
 
-def _dense_crf_torch(image: torch.Tensor, masks: torch.Tensor, params: CRFParams) -> torch.Tensor:
-    height, width = masks.shape[1:]
-    if masks.shape[0] == 0:
-        return masks.clone()
-    ones = torch.ones(1, height, width, device=masks.device)
-    smooth = _normalised(_GaussianBlur2d(params.gaussian_sxy, (height, width), masks.device), ones)
+def _potts_kernels(
+    image: torch.Tensor, params: CRFParams
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """The normalised smoothness and appearance kernels of ``image`` (3, H, W), applied to
+    (L, H, W) maps."""
+    height, width = image.shape[1:]
+    ones = torch.ones(1, height, width, device=image.device)
+    smooth = _normalised(_GaussianBlur2d(params.gaussian_sxy, (height, width), image.device), ones)
     rows, cols = torch.meshgrid(
         torch.arange(height, device=image.device, dtype=torch.float32),
         torch.arange(width, device=image.device, dtype=torch.float32),
@@ -105,7 +107,32 @@ def _dense_crf_torch(image: torch.Tensor, masks: torch.Tensor, params: CRFParams
             image.reshape(3, -1) / params.bilateral_srgb,
         ]
     ).T
-    appearance = _normalised(_SparseGridFilter(features), ones)
+    return smooth, _normalised(_SparseGridFilter(features), ones)
+
+
+def dense_crf_labels(
+    image: torch.Tensor, probabilities: torch.Tensor, params: CRFParams
+) -> torch.Tensor:
+    """MAP label per pixel of the multi-label Potts CRF whose unary is ``-log probabilities``
+    (L, H, W) (a segmenter's softmax, MaskDistill's CRF rounds); ``image`` (3, H, W) RGB in
+    [0, 255]. Mean field: ``q = softmax(log p + sum_k compat_k K_k q)``, the two-label case of
+    which is ``dense_crf``. Torch backend only."""
+    image = image.float().to(probabilities.device)
+    smooth, appearance = _potts_kernels(image, params)
+    unary = probabilities.float().clamp_min(1e-8).log()
+    q = probabilities.float()
+    for _ in range(params.iters):
+        pairwise = params.gaussian_compat * smooth(q) + params.bilateral_compat * appearance(q)
+        q = torch.softmax(unary + pairwise, dim=0)
+    return q.argmax(dim=0)
+
+
+def _dense_crf_torch(image: torch.Tensor, masks: torch.Tensor, params: CRFParams) -> torch.Tensor:
+    height, width = masks.shape[1:]
+    if masks.shape[0] == 0:
+        return masks.clone()
+    ones = torch.ones(1, height, width, device=masks.device)
+    smooth, appearance = _potts_kernels(image.to(masks.device), params)
     # Potts with two labels: the foreground logit minus the background one gains
     # compat * (K q - K (1 - q)) = compat * (2 K q - K 1) from each kernel.
     bias = -params.gaussian_compat * smooth(ones) - params.bilateral_compat * appearance(ones)

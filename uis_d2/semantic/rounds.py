@@ -2,7 +2,9 @@
 
 Round 1 trains on DATASETS.TRAIN (the initial maps, e.g. registered by SEMANTIC.PSEUDO_LABELS).
 Before round r > 1, round r-1's final model labels every image of SEMANTIC.RELABEL_DATASET (the
-square input, hard argmax, nearest back to the image's size, no confidence filter) into
+square input, hard argmax, nearest back to the image's size, no confidence filter; with
+SEMANTIC.RELABEL_CRF.ENABLED, MaskDistill's CRF rounds, the argmax of a dense CRF on the
+softmax and the input image instead) into
 OUTPUT_DIR/round{r-1}/labels/, and round r trains on those maps from MODEL.WEIGHTS: a fresh
 initialisation, never round r-1's model (COMUS re-initialises the student from DINO).
 
@@ -36,6 +38,7 @@ from uis_d2.engine.run_config import prepare_run_config
 from uis_d2.engine.self_training import FINAL_MODEL_FILE, load_trained_model, round_dir
 from uis_d2.engine.trainer import Trainer
 from uis_d2.evaluation.cluster_matching import MATCHINGS
+from uis_d2.proposals.dense_crf import CRFParams, dense_crf_labels
 from uis_d2.semantic.data import (
     AUGMENTATIONS,
     SEMANTIC_META_ARCHITECTURE,
@@ -94,6 +97,15 @@ def validate_semantic_config(cfg: CfgNode) -> None:
         s.RELABEL_DATASET,
         f"names the images round 1's model labels for the later rounds (ROUNDS = {s.ROUNDS})",
     )
+    if s.RELABEL_CRF.ENABLED:
+        _check(
+            s.ROUNDS > 1,
+            "SEMANTIC.RELABEL_CRF.ENABLED",
+            True,
+            "refines the relabelling between rounds: set SEMANTIC.ROUNDS >= 2",
+        )
+        for key in ("ITERS", "GAUSSIAN_SXY", "BILATERAL_SXY", "BILATERAL_SRGB"):
+            _check_positive(cfg, f"SEMANTIC.RELABEL_CRF.{key}")
     epochs = s.ROUND_EPOCHS
     _check(
         not epochs or (len(epochs) == s.ROUNDS and all(e > 0 for e in epochs)),
@@ -139,6 +151,32 @@ def prepare_semantic_config(cfg: CfgNode, *, require_training_data: bool = True)
     return prepare_run_config(cfg, require_training_data=require_training_data)
 
 
+def relabel_crf_params(cfg: CfgNode) -> CRFParams | None:
+    """SEMANTIC.RELABEL_CRF's constants, or None when the CRF is off."""
+    c = cfg.SEMANTIC.RELABEL_CRF
+    if not c.ENABLED:
+        return None
+    return CRFParams(
+        iters=int(c.ITERS),
+        gaussian_sxy=float(c.GAUSSIAN_SXY),
+        gaussian_compat=float(c.GAUSSIAN_COMPAT),
+        bilateral_sxy=float(c.BILATERAL_SXY),
+        bilateral_srgb=float(c.BILATERAL_SRGB),
+        bilateral_compat=float(c.BILATERAL_COMPAT),
+    )
+
+
+def predicted_labels(
+    scores: torch.Tensor, image: torch.Tensor, image_format: str, crf: CRFParams | None
+) -> torch.Tensor:
+    """(H, W) ids from the model's (K + 1, H, W) scores on its input ``image`` (3, H, W):
+    the argmax, or that of the CRF-refined softmax."""
+    if crf is None:
+        return scores.argmax(dim=0)
+    rgb = image.flip(0) if image_format == "BGR" else image
+    return dense_crf_labels(rgb, scores.float().softmax(dim=0), crf)
+
+
 @torch.no_grad()
 def predict_label_maps(
     cfg: CfgNode,
@@ -159,6 +197,7 @@ def predict_label_maps(
         if not (skip_existing and path.is_file()):
             dicts.append({**record, "label_map_file": str(path)})
     written = 0
+    crf = relabel_crf_params(cfg)
     with inference_context(model):
         for inputs in build_semantic_inference_loader(cfg, dicts):
             readable = [x for x in inputs if x is not None]  # None: unreadable, skipped
@@ -168,7 +207,8 @@ def predict_label_maps(
             for x in readable:  # predict at the input size; resized back nearest below
                 x["height"], x["width"] = x["image"].shape[-2:]
             for x, size, output in zip(readable, sizes, model(readable), strict=True):
-                labels = output["sem_seg"].argmax(dim=0).to(torch.uint8).cpu().numpy()
+                labels = predicted_labels(output["sem_seg"], x["image"], cfg.INPUT.FORMAT, crf)
+                labels = labels.to(torch.uint8).cpu().numpy()
                 write_label_map(x["label_map_file"], resize_labels(labels, size))
                 written += 1
     return written
