@@ -30,6 +30,8 @@ from evaluation_cases import (
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from uis_d2.config import load_config
+from uis_d2.engine import Trainer
 from uis_d2.evaluation.coco_agnostic import METRIC_KEYS, evaluate_agnostic
 from uis_d2.evaluation.evaluator import METRICS_FILE, PREDICTIONS_FILE, ClassAgnosticEvaluator
 from uis_d2.evaluation.recall_by_count import (
@@ -213,6 +215,22 @@ def registered_dataset(gt: dict, gt_file: str | None) -> str:
     else:
         MetadataCatalog.get(name).set(thing_classes=["object"])
     return name
+
+
+def test_an_instance_model_on_a_semantic_split_writes_predictions_only(tmp_path):
+    """MaskDistill paints an instance model's predictions of VOC train_aug, a semantic split:
+    the Trainer's evaluator there writes them without scoring against missing instances."""
+    cfg = load_config("configs/synthetic/mask_rcnn_R18_cpu.yaml")
+    evaluator = Trainer.build_evaluator(cfg, "synthetic_val_sem", str(tmp_path / "eval"))
+    assert isinstance(evaluator, ClassAgnosticEvaluator)
+    masks = [np.zeros((32, 32), bool)]
+    masks[0][4:20, 6:30] = True
+    evaluator.reset()
+    evaluator.process([{"image_id": 7}], [fake_output(masks, [0.8], with_boxes=True)])
+    assert evaluator.evaluate() == {}
+    written = json.loads((tmp_path / "eval" / PREDICTIONS_FILE).read_text())
+    assert [(p["image_id"], p["score"]) for p in written] == [(7, pytest.approx(0.8))]
+    assert not (tmp_path / "eval" / METRICS_FILE).exists()
 
 
 @pytest.mark.parametrize("with_json_file", [True, False])

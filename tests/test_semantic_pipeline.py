@@ -79,17 +79,35 @@ def test_a_wrong_system_is_named(datasets_root, tmp_path):
     assert done.returncode == 2 and "PIPELINE.SYSTEM = 'maskcut'" in done.stderr
 
 
-def test_every_pipeline_config_loads_with_the_configs_it_names():
+def test_every_pipeline_config_loads_with_the_configs_and_datasets_it_names():
+    import uis_d2  # noqa: F401  (compat fixes and registrations before detectron2)
+
+    # isort: split
+    from detectron2.data import DatasetCatalog
+
     from scripts import load_script
     from uis_d2.config import load_config
 
     tool = load_script("tools/run_semantic_pipeline.py")
     configs = sorted((REPO / "configs/pipelines").glob("*.yaml"))
-    assert len(configs) >= 2
+    assert {c.stem for c in configs} >= {
+        "comus_synthetic",
+        "maskdistill_synthetic",
+        "comus_voc",
+        "maskdistill_voc",
+        "comus_coco",
+    }
     for config in configs:
         p = tool.load_pipeline(config, [])
         named = [(p.PROPOSALS.CONFIG, p.PROPOSALS.OPTS), (p.SEMANTIC.CONFIG, p.SEMANTIC.OPTS)]
+        if p.CLUSTERING.CONFIG:
+            named.append((p.CLUSTERING.CONFIG, []))
         if p.INSTANCE.CONFIG:
             named.append((p.INSTANCE.CONFIG, p.INSTANCE.OPTS))
         for path, opts in named:
             load_config(REPO / path, list(opts))
+        datasets = [p.TRAIN_DATASET, p.SEMANTIC.RELABEL_DATASET, *p.EVAL.values()]
+        for name in filter(None, datasets):
+            assert name in DatasetCatalog.list(), f"{config.name}: {name} is not registered"
+        semantic = load_config(REPO / p.SEMANTIC.CONFIG, list(p.SEMANTIC.OPTS))
+        assert semantic.MODEL.SEM_SEG_HEAD.NUM_CLASSES == p.CLUSTERING.NUM_CLUSTERS + 1

@@ -56,6 +56,8 @@ def pipeline_defaults() -> CN:
     p.SYSTEM = "comus"
     # The images the system learns from: a registered detectron2 dataset (no labels read).
     p.TRAIN_DATASET = "synthetic_train"
+    # Processes (GPUs) of the proposal, training and prediction steps (--num-gpus of the tools).
+    p.NUM_GPUS = 1
     p.PROPOSALS = CN()
     # The proposal config: one mask per image (ForegroundGenerator, MaskDistillGenerator).
     p.PROPOSALS.CONFIG = "configs/proposals/synthetic_comus.yaml"
@@ -66,6 +68,9 @@ def pipeline_defaults() -> CN:
     p.CLUSTERING.NUM_CLUSTERS = 6
     # "box_crop" (both references), "masked_image" (MaskDistill's paper) or "stored".
     p.CLUSTERING.EMBEDDING = "box_crop"
+    # The config whose PROPOSALS.EXTRACTOR embeds the regions ("" = PROPOSALS.CONFIG's; both
+    # references embed with DINO ViT-S/8, which neither mines with).
+    p.CLUSTERING.CONFIG = ""
     # Extra options of the tool, e.g. ["--filter-share", "0.2", "--crop-size", "256"].
     p.CLUSTERING.ARGS = []
     p.INSTANCE = CN()
@@ -79,6 +84,9 @@ def pipeline_defaults() -> CN:
     # tools/train_net.py's config (its SEMANTIC.ROUNDS: COMUS 2, MaskDistill 1).
     p.SEMANTIC.CONFIG = "configs/synthetic/deeplab_semantic_cpu.yaml"
     p.SEMANTIC.OPTS = []
+    # The images round r-1's model labels for round r ("" = TRAIN_DATASET; COMUS on VOC: round
+    # 1 on VOC train's maps, round 2 on train_aug's).
+    p.SEMANTIC.RELABEL_DATASET = ""
     p.EVAL = CN()
     # Ground truth for the evaluation steps only ("" skips them): the training images' semantic
     # split (with it, the pseudo-class accuracy against TRAIN_DATASET's own json, when it has
@@ -128,13 +136,15 @@ class SemanticPipeline:
         p = self.p
         proposals = self.out / "proposals.json"
         command = [TOOLS / "generate_proposals.py", "--config-file", p.PROPOSALS.CONFIG]
+        command += ["--num-gpus", p.NUM_GPUS]
         command += ["--dataset", p.TRAIN_DATASET, "--output", proposals, *p.PROPOSALS.OPTS]
         self.steps.run("proposals", command, proposals)
         clustered = self.out / "clustered.json"
         command = [TOOLS / "cluster_pseudo_classes.py", "--pseudo-labels", proposals]
         command += ["--output", clustered, "--method", p.CLUSTERING.METHOD]
         command += ["--num-clusters", p.CLUSTERING.NUM_CLUSTERS]
-        command += ["--embedding", p.CLUSTERING.EMBEDDING, "--config-file", p.PROPOSALS.CONFIG]
+        command += ["--embedding", p.CLUSTERING.EMBEDDING]
+        command += ["--config-file", p.CLUSTERING.CONFIG or p.PROPOSALS.CONFIG]
         command += [*p.CLUSTERING.ARGS]
         gt_json = MetadataCatalog.get(p.TRAIN_DATASET).get("json_file", None)
         if p.EVAL.TRAIN_DATASET and gt_json:  # accuracy, NMI, ARI of the pseudo-classes only
@@ -154,6 +164,7 @@ class SemanticPipeline:
         p = self.p
         train_dir = self.out / "instance"
         command = [TOOLS / "train_net.py", "--config-file", p.INSTANCE.CONFIG]
+        command += ["--num-gpus", p.NUM_GPUS]
         command += ["OUTPUT_DIR", train_dir, "INPUT.PSEUDO_MASKS.REGISTER", "[]"]
         command += ["INPUT.PSEUDO_MASKS.CLASSES", "pseudo"]  # the json's images, where it says
         command += ["DATASETS.TRAIN", repr((f"pseudo:{clustered}",)), "DATASETS.TEST", "()"]
@@ -162,6 +173,7 @@ class SemanticPipeline:
         self.steps.run("class-aware instance model", command, final)
         predictions = train_dir / f"inference/{p.TRAIN_DATASET}/class_agnostic_predictions.json"
         command = [TOOLS / "train_net.py", "--config-file", train_dir / "round1/config.yaml"]
+        command += ["--num-gpus", p.NUM_GPUS]
         command += ["--eval-only", "MODEL.WEIGHTS", final, "OUTPUT_DIR", train_dir]
         command += ["DATASETS.TEST", repr((p.TRAIN_DATASET,)), "DATASETS.TRAIN", "()"]
         self.steps.run("instance predictions", command, predictions)
@@ -180,8 +192,10 @@ class SemanticPipeline:
         rounds = sem_cfg.SEMANTIC.ROUNDS
         labels = [["pipeline_semantic_maps", p.TRAIN_DATASET, str(maps)]]
         common = ["SEMANTIC.PSEUDO_LABELS", repr(labels), "DATASETS.TRAIN"]
-        common += ["('pipeline_semantic_maps',)", "SEMANTIC.RELABEL_DATASET", p.TRAIN_DATASET]
+        relabel = p.SEMANTIC.RELABEL_DATASET or p.TRAIN_DATASET
+        common += ["('pipeline_semantic_maps',)", "SEMANTIC.RELABEL_DATASET", relabel]
         command = [TOOLS / "train_net.py", "--config-file", p.SEMANTIC.CONFIG, "--resume"]
+        command += ["--num-gpus", p.NUM_GPUS]
         command += ["OUTPUT_DIR", train_dir, *common, "DATASETS.TEST", "()", *p.SEMANTIC.OPTS]
         self.steps.run("semantic rounds", command, train_dir / f"round{rounds}/model_final.pth")
         for r in range(1, rounds + 1):

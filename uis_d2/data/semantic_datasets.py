@@ -60,6 +60,7 @@ class LabelFolderFiles:
 
 COCO_SEMANTIC_SPLITS: dict[str, tuple[SplitFiles, tuple[str, ...]]] = {
     "uis_coco_val2017_sem": (BUILTIN_SPLITS["uis_coco_val2017"][0], COCO_SEMANTIC_CLASSES),
+    "uis_coco_train2017_sem": (BUILTIN_SPLITS["uis_coco_train2017"][0], COCO_SEMANTIC_CLASSES),
     "synthetic_train_sem": (BUILTIN_SPLITS["synthetic_train"][0], SYNTHETIC_SEMANTIC_CLASSES),
     "synthetic_val_sem": (BUILTIN_SPLITS["synthetic_val"][0], SYNTHETIC_SEMANTIC_CLASSES),
 }
@@ -68,6 +69,11 @@ VOC_SEMANTIC_SPLITS: dict[str, LabelFolderFiles] = {
         "voc/VOC2012/SegmentationClass",
         "voc/VOC2012/JPEGImages",
         "voc/VOC2012/ImageSets/Segmentation/val.txt",
+    ),
+    "uis_voc2012_train_sem": LabelFolderFiles(
+        "voc/VOC2012/SegmentationClass",
+        "voc/VOC2012/JPEGImages",
+        "voc/VOC2012/ImageSets/Segmentation/train.txt",
     ),
     "uis_voc2012_trainaug_sem": LabelFolderFiles(
         "voc/VOC2012/SegmentationClassAug",

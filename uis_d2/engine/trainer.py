@@ -81,7 +81,17 @@ class Trainer(DefaultTrainer):
         the pseudo-class metrics of SEMANTIC.EVAL_MATCHINGS over the K + 1 predicted ids;
         predictions and metrics go to OUTPUT_DIR/inference/<dataset>."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        if MetadataCatalog.get(dataset_name).get("evaluator_type", None) == SEMANTIC_EVALUATOR_TYPE:
+        class_aware = model_num_classes(cfg) > 1  # pseudo-classes kept in the predictions file
+        semantic_split = (
+            MetadataCatalog.get(dataset_name).get("evaluator_type", None) == SEMANTIC_EVALUATOR_TYPE
+        )
+        if semantic_split and not semantic_data.is_semantic(cfg):
+            # An instance model on a semantic split (MaskDistill's confident maps of VOC
+            # train_aug): its predictions are the product, there are no instances to score.
+            return ClassAgnosticEvaluator(
+                dataset_name, output_folder, class_aware=class_aware, with_metrics=False
+            )
+        if semantic_split:
             return UnsupervisedSemSegEvaluator(
                 dataset_name,
                 num_clusters=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1,
@@ -89,7 +99,6 @@ class Trainer(DefaultTrainer):
                 allow_train_split=cfg.SEMANTIC.EVAL_ALLOW_TRAIN_SPLIT,
                 output_dir=output_folder,
             )
-        class_aware = model_num_classes(cfg) > 1  # pseudo-classes kept in the predictions file
         return ClassAgnosticEvaluator(
             dataset_name, output_dir=output_folder, class_aware=class_aware
         )

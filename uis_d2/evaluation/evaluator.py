@@ -74,6 +74,8 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
     converted to COCO (needs ``thing_classes``, like detectron2's own conversion).
     ``class_aware`` (a model of K pseudo-classes) writes each prediction's class as its
     ``category_id`` in the predictions file; the metrics ignore categories either way.
+    ``with_metrics=False`` writes the predictions file only: for images whose ground truth, if
+    any, is not instances (a semantic split the MaskDistill pipeline paints predictions of).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
         distributed: bool = True,
         backend: str = "pycocotools",
         class_aware: bool = False,
+        with_metrics: bool = True,
     ) -> None:
         self._dataset_name = dataset_name
         self._class_aware = class_aware
+        self._with_metrics = with_metrics
         self._output_dir = Path(output_dir) if output_dir is not None else None
         self._distributed = distributed
         self._backend = backend
@@ -111,6 +115,11 @@ class ClassAgnosticEvaluator(DatasetEvaluator):
                 return OrderedDict()
         if not predictions:
             logger.warning(f"{self._dataset_name}: no predictions at all; every metric is 0")
+        if not self._with_metrics:
+            logger.info(f"{self._dataset_name}: {len(predictions)} predictions, no metrics")
+            if self._output_dir is not None:
+                atomic_write_json(self._output_dir / PREDICTIONS_FILE, predictions)
+            return OrderedDict()
         metrics = evaluate_agnostic(self._ground_truth(), predictions, IOU_TYPES, self._backend)
         logger.info(
             f"Class-agnostic results on {self._dataset_name}:\n" + format_metrics_table(metrics)
