@@ -30,12 +30,16 @@ setup(
         # Connected components (MaskCut, foreground providers), Hungarian matching, the sparse
         # kNN graph and Lanczos solver of the pseudo-class clustering.
         "scipy>=1.10",
+        # Leopart's community detection fallback (Louvain), uis_d2/leopart/community.py.
+        "networkx>=3.0",
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval>=1.6"],
         # PROPOSALS.REFINE.BACKEND "pydensecrf": the reference dense CRF (a maintained fork of
         # pydensecrf; built from source, needs a C++ compiler). The "torch" backend needs nothing.
         "crf": ["pydensecrf2>=1.1"],
+        # Leopart's community detection as the paper runs it (Infomap); without it, Louvain.
+        "infomap": ["infomap>=2.0"],
         # scikit-learn: the reference implementations tests and benchmarks compare to.
         "test": [
             "pytest>=7",
