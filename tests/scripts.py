@@ -40,3 +40,21 @@ def sigkill_when(
         child.kill()
         child.join()
     assert child.exitcode == -signal.SIGKILL
+
+
+def hang_after_checkpoint_saves(saves: int) -> None:
+    """In a child process that will be SIGKILLed: the ``saves``-th checkpoint save of
+    ``ResilientCheckpointer`` returns only after 10 minutes, so the kill lands right after it."""
+    from uis_d2.engine.checkpointer import ResilientCheckpointer
+
+    original_save = ResilientCheckpointer.save
+    done = 0
+
+    def save_then_maybe_hang(self, name, **kwargs):
+        nonlocal done
+        original_save(self, name, **kwargs)
+        done += 1
+        if done == saves:
+            time.sleep(600)
+
+    ResilientCheckpointer.save = save_then_maybe_hang

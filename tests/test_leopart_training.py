@@ -4,7 +4,6 @@ processes train, and the tuned ViT loads back into the feature extractor unchang
 import multiprocessing
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2; spawned children i
 from detectron2.data import DatasetCatalog
 from detectron2.utils.events import EventStorage
 
-from scripts import load_script, sigkill_when
+from scripts import hang_after_checkpoint_saves, load_script, sigkill_when
 from uis_d2.config import get_cfg
-from uis_d2.engine.checkpointer import ResilientCheckpointer
 from uis_d2.features import build_feature_extractor
 from uis_d2.leopart.crops import MultiCropMapper
 from uis_d2.leopart.model import LeopartModel
@@ -99,17 +97,7 @@ def _finetune_until_hung(config_file: Path, dataset_root: Path) -> None:
     """Runs in a spawned child: fine-tunes, and hangs (to be SIGKILLed) after two saves."""
     os.environ["DETECTRON2_DATASETS"] = str(dataset_root)
     torch.set_num_threads(1)
-    original_save = ResilientCheckpointer.save
-    saves = 0
-
-    def save_then_maybe_hang(self, name, **kwargs):
-        nonlocal saves
-        original_save(self, name, **kwargs)
-        saves += 1
-        if saves == 2:
-            time.sleep(600)
-
-    ResilientCheckpointer.save = save_then_maybe_hang
+    hang_after_checkpoint_saves(2)
     load_script("tools/finetune_leopart.py").cli(["--config-file", str(config_file)])
 
 

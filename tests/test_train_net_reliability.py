@@ -3,7 +3,6 @@
 import multiprocessing
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ import uis_d2  # noqa: F401  (compat fixes before detectron2)
 # isort: split
 from training_cases import tiny_training_cfg
 
-from scripts import load_script, sigkill_when
-from uis_d2.engine.checkpointer import ResilientCheckpointer
+from scripts import hang_after_checkpoint_saves, load_script, sigkill_when
 from uis_d2.utils.launch import launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,17 +49,7 @@ def _train_until_hung(config_file: Path, dataset_root: Path, hang_after_saves: i
     """Runs in a child process: trains, and hangs (to be SIGKILLed) after some checkpoints."""
     os.environ["DETECTRON2_DATASETS"] = str(dataset_root)
     torch.set_num_threads(1)
-    original_save = ResilientCheckpointer.save
-    saves = 0
-
-    def save_then_maybe_hang(self, name, **kwargs):
-        nonlocal saves
-        original_save(self, name, **kwargs)
-        saves += 1
-        if saves == hang_after_saves:
-            time.sleep(600)
-
-    ResilientCheckpointer.save = save_then_maybe_hang
+    hang_after_checkpoint_saves(hang_after_saves)
     _load_train_net().cli(["--config-file", str(config_file)])
 
 
