@@ -11,6 +11,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
+from uis_d2.features.dense_dataset import standardised_pca, token_matrix
 from uis_d2.leopart import cbfe
 
 
@@ -43,11 +44,11 @@ def test_spherical_kmeans_rejects_more_clusters_than_tokens():
         cbfe.spherical_kmeans(torch.randn(10, 3), 11)
 
 
-def test_project_tokens_matches_pca_of_standardised_tokens():
+def test_standardised_pca_matches_pca_of_standardised_tokens():
     generator = torch.Generator().manual_seed(0)
     points = torch.randn(500, 8, generator=generator) @ torch.randn(8, 8, generator=generator)
     points[:, 3] = 7.0  # a constant dimension is only centred
-    projected = cbfe.project_tokens(points, 3)
+    projected = standardised_pca(points, 3)[0]
     assert projected.shape == (500, 3)
     x = points.double().numpy()
     std = x.std(0)
@@ -58,12 +59,12 @@ def test_project_tokens_matches_pca_of_standardised_tokens():
     # Same subspace: the projections agree up to each axis's sign.
     expected = reference.transform(standard)
     np.testing.assert_allclose(np.abs(projected.numpy()), np.abs(expected), atol=1e-4)
-    assert cbfe.project_tokens(points, 50).shape == (500, 8)
+    assert standardised_pca(points, 50)[0].shape == (500, 8)
 
 
-def test_flatten_tokens_is_image_major_raster_order():
+def test_token_matrix_is_image_major_raster_order():
     tokens = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
-    flat = cbfe.flatten_tokens(tokens)
+    flat = token_matrix(tokens)
     assert flat.shape == (8, 3)
     assert flat[5].tolist() == tokens[1, :, 0, 1].tolist()
 

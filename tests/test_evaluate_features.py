@@ -23,10 +23,9 @@ from uis_d2.evaluation.dense_features import (
     overclustering_matching,
     probe_predictions,
     score_label_maps,
-    standardised_pca,
-    token_matrix,
     train_linear_probe,
 )
+from uis_d2.features.dense_dataset import standardised_pca, token_matrix
 
 SPLIT = "test_dense_features_sem"  # metadata only: the evaluator's add_image needs no records
 CLASSES = ["background", "a", "b", "c"]

@@ -62,8 +62,6 @@ from uis_d2.evaluation.dense_features import (
     probe_predictions,
     score_label_maps,
     seed_summary,
-    standardised_pca,
-    token_matrix,
     train_linear_probe,
 )
 from uis_d2.evaluation.foreground_grid import save_foreground_grid
@@ -74,6 +72,8 @@ from uis_d2.features.dense_dataset import (
     DenseTokens,
     cached_dense_tokens,
     square_resize,
+    standardised_pca,
+    token_matrix,
 )
 from uis_d2.proposals.runner import uses_cuda
 from uis_d2.report.semantic import colour_map

@@ -60,7 +60,12 @@ from uis_d2.evaluation.foreground import foreground_counts, ground_truth_union, 
 from uis_d2.evaluation.foreground_grid import save_foreground_grid
 from uis_d2.evaluation.semantic import METRICS_FILE, UnsupervisedSemSegEvaluator
 from uis_d2.features.base import build_feature_extractor
-from uis_d2.features.dense_dataset import PATCH_TOKENS, collect_dense_tokens
+from uis_d2.features.dense_dataset import (
+    PATCH_TOKENS,
+    collect_dense_tokens,
+    standardised_pca,
+    token_matrix,
+)
 from uis_d2.foreground.base import (
     FOREGROUND_REGISTRY,
     ForegroundProvider,
@@ -345,6 +350,7 @@ def segment(args: argparse.Namespace, cfg) -> dict[str, Any]:
     settings = cd_settings(args, num_classes)
     device = torch.device("cuda") if uses_cuda(cfg) else torch.device("cpu")
     p = cfg.PROPOSALS
+    torch.manual_seed(p.SEED)  # an extractor without checkpoint: the same weights every run
     extractor = build_feature_extractor(p.EXTRACTOR, p.SHORT_SIDE, p.MAX_SIDE, p.AMP).to(device)
     provider = build_foreground_provider(
         cfg, args.hint_provider, extractor=build_saliency_extractor(cfg)
@@ -353,8 +359,8 @@ def segment(args: argparse.Namespace, cfg) -> dict[str, Any]:
         load_split(name, extractor, provider, args, cfg, device)
         for name in (args.fit_dataset, args.dataset)
     )
-    points = cbfe.project_tokens(
-        torch.cat([cbfe.flatten_tokens(s.tokens) for s in (fit, evaluated)]), args.pca_dim
+    points, _ = standardised_pca(
+        torch.cat([token_matrix(s.tokens) for s in (fit, evaluated)]), args.pca_dim
     )
     result = run_cbfe(args, fit, evaluated, points)
     foreground = np.concatenate([result.fit_foreground, result.eval_foreground])

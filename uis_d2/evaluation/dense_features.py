@@ -43,30 +43,6 @@ logger = logging.getLogger(__name__)
 IGNORE_LABEL = 255
 
 
-def token_matrix(patch_tokens: torch.Tensor) -> torch.Tensor:
-    """(N, D, h, w) token maps -> (N * h * w, D) rows, image-major then raster order."""
-    return patch_tokens.permute(0, 2, 3, 1).reshape(-1, patch_tokens.shape[1])
-
-
-def standardised_pca(points: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
-    """(M, D) -> (M, d) coordinates on the d leading principal axes of the points standardised
-    per dimension (a constant dimension is only centred), and the share of the variance they
-    keep. ``dim`` above D is clipped to D with a warning: the protocol's 50 exceeds the width of
-    small extractors (PatchStats)."""
-    if dim < 1:
-        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
-    width = points.shape[1]
-    if dim > width:
-        logger.warning("PCA to %d dimensions clipped to the feature dimension %d", dim, width)
-        dim = width
-    x = points - points.mean(dim=0)
-    std = x.std(dim=0, correction=0)
-    x /= torch.where(std > 0, std, 1.0)
-    values, vectors = torch.linalg.eigh((x.T @ x).double() / len(x))  # ascending eigenvalues
-    kept = values[-dim:].clamp_min(0).sum() / values.clamp_min(0).sum().clamp_min(1e-12)
-    return x @ vectors[:, -dim:].flip(1).to(x.dtype), float(kept)
-
-
 def overclustering_matching(k: int, num_classes: int) -> str:
     """Leopart: many-to-one by precision when there are more clusters than classes, else
     one-to-one (Hungarian)."""
@@ -237,7 +213,5 @@ __all__ = [
     "probe_predictions",
     "score_label_maps",
     "seed_summary",
-    "standardised_pca",
-    "token_matrix",
     "train_linear_probe",
 ]

@@ -185,3 +185,45 @@ __all__ = [
     "collect_dense_tokens",
     "square_resize",
 ]
+
+
+def token_matrix(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, D, h, w) token maps -> (N * h * w, D) rows, image-major then raster order."""
+    if tokens.ndim != 4:
+        raise ValueError(f"token maps must be (N, D, h, w), got shape {tuple(tokens.shape)}")
+    return tokens.permute(0, 2, 3, 1).reshape(-1, tokens.shape[1])
+
+
+# Tokens per matrix product in ``standardised_pca``: bounded memory on millions of tokens.
+_PCA_CHUNK_ROWS = 1 << 16
+
+
+def standardised_pca(points: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
+    """(n, D) tokens -> (n, d) float32 coordinates on the d leading principal axes of the tokens
+    standardised per dimension (a constant dimension is only centred), and the share of the
+    variance they keep (Leopart's evaluation and CBFE). ``dim`` above D is clipped to D with a
+    warning: the protocol's 50 exceeds the width of small extractors (PatchStats). The
+    covariance is accumulated in float64 by chunks and the projection folded into one product,
+    so millions of tokens cost no float64 or standardised copy."""
+    if dim < 1:
+        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
+    n, width = points.shape
+    if dim > width:
+        logger.warning("PCA to %d dimensions clipped to the feature dimension %d", dim, width)
+        dim = width
+    gram = torch.zeros(width, width, dtype=torch.float64)
+    total = torch.zeros(width, dtype=torch.float64)
+    for chunk in points.split(_PCA_CHUNK_ROWS):
+        chunk = chunk.double()
+        gram += chunk.T @ chunk
+        total += chunk.sum(0)
+    mean = total / n
+    covariance = gram / n - torch.outer(mean, mean)
+    std = covariance.diagonal().clamp_min(0).sqrt()
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    values, vectors = torch.linalg.eigh(covariance / torch.outer(std, std))  # ascending
+    kept = values[-dim:].clamp_min(0).sum() / values.clamp_min(0).sum().clamp_min(1e-12)
+    axes = vectors[:, -dim:].flip(1) / std[:, None]
+    offset = mean @ axes
+    chunks = [(c.double() @ axes - offset).float() for c in points.split(_PCA_CHUNK_ROWS)]
+    return torch.cat(chunks), float(kept)

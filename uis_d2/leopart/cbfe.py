@@ -3,8 +3,8 @@
 A noisy per-image foreground hint (any foreground provider, e.g. the class token's attention
 mass) is denoised by voting over part clusters of the whole dataset:
 
-1. ``project_tokens``: the tokens standardised per dimension and projected on their leading
-   principal axes (the reference's PCA to 50 dimensions).
+1. ``standardised_pca`` (features/dense_dataset.py): the tokens standardised per dimension
+   and projected on their leading principal axes (the reference's PCA to 50 dimensions).
 2. ``spherical_kmeans`` with K = 200 (reference) over the tokens of the fit and the evaluation
    split together (the reference clusters train and val jointly; no label is involved).
 3. ``cluster_precisions``: per cluster, the share of its patches inside the hint, per image,
@@ -49,13 +49,13 @@ from uis_d2.proposals.spectral import KMEANS_TOLERANCE, kmeans_plus_plus
 THRESHOLD_RULES = ("background_share", "otsu", "oracle")
 DEFAULT_K = 200  # reference (k_fg_extraction)
 DEFAULT_PCA_DIM = 50  # reference
+_CHUNK_ROWS = 1 << 16  # points per matrix product: bounded memory on millions of tokens
 DEFAULT_RULE = "background_share"
 DEFAULT_BACKGROUND_SHARE = 0.65  # the middle of the reference's 55-75% search range
 ORACLE_BACKGROUND_SHARES = (0.55, 0.75)  # reference: cuts tried by find_good_threshold
 ORACLE_ROUNDING = 0.05  # reference: c rounded to the nearest multiple of 0.05 below 1
 DEFAULT_RESTARTS = 5
 DEFAULT_ITERS = 100
-_CHUNK_ROWS = 1 << 16  # points per matrix product: bounded memory on millions of tokens
 
 
 @dataclass
@@ -83,38 +83,6 @@ class CBFEResult:
     def foreground_clusters(self) -> int:
         """Clusters foreground on the fit split (the cut the rule chose)."""
         return int((self.fit_precisions >= self.threshold).sum())
-
-
-def flatten_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """(N, D, h, w) token maps -> (N * h * w, D) points, image-major, raster order."""
-    if tokens.ndim != 4:
-        raise ValueError(f"token maps must be (N, D, h, w), got shape {tuple(tokens.shape)}")
-    return tokens.permute(0, 2, 3, 1).reshape(-1, tokens.shape[1])
-
-
-def project_tokens(points: torch.Tensor, dim: int = DEFAULT_PCA_DIM) -> torch.Tensor:
-    """(n, D) -> (n, min(dim, D)) float32: standardised per dimension (a constant one is only
-    centred), then on the ``dim`` leading principal axes. The covariance is accumulated in
-    float64 by chunks and the projection folded into one product, so millions of tokens cost
-    no float64 or standardised copy."""
-    if dim < 1:
-        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
-    n, width = points.shape
-    gram = torch.zeros(width, width, dtype=torch.float64)
-    total = torch.zeros(width, dtype=torch.float64)
-    for chunk in points.split(_CHUNK_ROWS):
-        chunk = chunk.double()
-        gram += chunk.T @ chunk
-        total += chunk.sum(0)
-    mean = total / n
-    covariance = gram / n - torch.outer(mean, mean)
-    std = covariance.diagonal().clamp_min(0).sqrt()
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    correlation = covariance / torch.outer(std, std)
-    _, vectors = torch.linalg.eigh(correlation)  # ascending eigenvalues
-    axes = vectors[:, -min(dim, width) :].flip(1) / std[:, None]
-    offset = mean @ axes
-    return torch.cat([(c.double() @ axes - offset).float() for c in points.split(_CHUNK_ROWS)])
 
 
 def _assign(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,8 +280,8 @@ def cbfe(
     restarts: int = DEFAULT_RESTARTS,
     seed: int = 0,
 ) -> CBFEResult:
-    """CBFE end to end. ``*_points``: (N * h * w, d) tokens of each split (``flatten_tokens``,
-    projected together by ``project_tokens``), ``*_hint``: (N, h, w) hints at the token grid;
+    """CBFE end to end. ``*_points``: (N * h * w, d) tokens of each split (``token_matrix``,
+    projected together by ``standardised_pca``), ``*_hint``: (N, h, w) hints at the token grid;
     ``fit_ground_truth``: (N, h, w) bool, for the ``oracle`` rule only."""
     if fit_points.shape[0] != fit_hint.size or eval_points.shape[0] != eval_hint.size:
         raise ValueError(
@@ -353,11 +321,9 @@ __all__ = [
     "cbfe",
     "choose_threshold",
     "cluster_precisions",
-    "flatten_tokens",
     "foreground_masks",
     "oracle_threshold",
     "otsu_threshold",
-    "project_tokens",
     "share_threshold",
     "spherical_kmeans",
 ]
