@@ -20,6 +20,7 @@ from uis_d2.data.synthetic import generate_synthetic_dataset
 from uis_d2.data.validation import validate_coco_json
 from uis_d2.pseudo_classes import embeddings as embeddings_module
 from uis_d2.pseudo_classes.clustering import (
+    assign_to_clusters,
     centre_distances,
     cluster,
     knn_connectivity,
@@ -206,6 +207,46 @@ def test_region_inputs_box_crop_and_masked_image():
     assert box_bounds([29.6, -1.0, 0.0, 0.2], 20, 30) == (0, 1, 29, 30)  # clipped, >= 1 px
 
 
+@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_assignment_names_new_points_as_the_fit_named_their_blob(method):
+    points, truth = planted_blobs(per_cluster=60)
+    fitted = cluster(points[:300], method, NUM_CATEGORIES, seed=0)
+    name_of_blob = {t: label for t, label in zip(truth[:300], fitted.labels)}
+    labels, distances = assign_to_clusters(
+        points[:300], fitted.labels, points[300:], method, NUM_CATEGORIES
+    )
+    assert labels.tolist() == [name_of_blob[t] for t in truth[300:]]
+    assert ((distances >= 0) & (distances < 0.1)).all()  # near their own centre
+    # The fitted points themselves keep their labels, and a point is named the same alone or
+    # in a batch: whitening uses the reference's statistics, never the new points'.
+    own, _ = assign_to_clusters(points[:300], fitted.labels, points[:300], method, NUM_CATEGORIES)
+    np.testing.assert_array_equal(own, fitted.labels)
+    alone, _ = assign_to_clusters(
+        points[:300], fitted.labels, points[300:301], method, NUM_CATEGORIES
+    )
+    assert alone[0] == labels[0]
+
+
+def test_spectral_assignment_is_a_neighbour_vote_with_nearer_ties():
+    reference = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    labels = np.array([0, 0, 0, 1, 1])
+    new = np.array([[9.0], [5.0]])
+    voted, _ = assign_to_clusters(reference, labels, new, "spectral", 2, n_neighbors=3)
+    assert voted.tolist() == [1, 0]  # 9: {10, 11, 2} -> 1; 5: {2, 1, 0} -> 0
+    tie, _ = assign_to_clusters(
+        np.array([[0.0], [10.0]]), np.array([0, 1]), np.array([[4.0], [6.0]]), "spectral", 2, 2
+    )
+    assert tie.tolist() == [0, 1]  # one vote each: the nearer neighbour's label
+
+
+def test_kmeans_assignment_skips_empty_clusters_and_checks_widths():
+    reference = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels, _ = assign_to_clusters(reference, np.array([0, 0, 2]), reference, "kmeans", 3)
+    assert 1 not in labels.tolist()
+    with pytest.raises(ValueError, match="width"):
+        assign_to_clusters(reference, np.array([0, 0, 2]), np.ones((2, 3)), "kmeans", 3)
+
+
 # ---- the tool end to end ---------------------------------------------------------------------
 
 
@@ -323,7 +364,7 @@ def test_tool_box_crop_spectral_on_patch_stats(scenes, tool, tmp_path, monkeypat
     assert tool.main(argv) == 0
 
 
-def test_tool_masked_image_runs(scenes, tool, tmp_path):
+def test_tool_masked_image_runs_and_assigns(scenes, tool, tmp_path, capsys):
     out = tmp_path / "classes.json"
     argv = ["--pseudo-labels", str(scenes["pseudo"]), "--output", str(out), "--method", "kmeans"]
     argv += ["--num-clusters", "3", "--embedding", "masked_image"]  # images: info.image_root
@@ -333,6 +374,17 @@ def test_tool_masked_image_runs(scenes, tool, tmp_path):
     result = json.loads(out.read_text())
     assert len(result["annotations"]) == scenes["num_masks"]
     assert np.load(cache_path(out))["embeddings"].shape[0] == scenes["num_masks"]
+    # The same masks assigned to this clustering (the extractor config comes from the file).
+    assigned = tmp_path / "assigned.json"
+    argv = ["--pseudo-labels", str(scenes["pseudo"]), "--output", str(assigned)]
+    argv += ["--assign-to", str(out), "MODEL.DEVICE", "cpu", "PROPOSALS.NUM_WORKERS", "0"]
+    assert tool.main(argv) == 0
+    labels = [a["category_id"] for a in json.loads(assigned.read_text())["annotations"]]
+    assert labels == [a["category_id"] for a in result["annotations"]]
+    cache_path(out).unlink()
+    assigned.unlink()
+    assert tool.main(argv) == 1
+    assert "embeddings of" in capsys.readouterr().err
 
 
 def test_tool_bad_input(scenes, tool, tmp_path, capsys):
@@ -386,3 +438,39 @@ def test_embedding_cache_is_keyed(tmp_path):
     assert cache.load(ids).shape == (3, 2)
     assert cache.load(np.arange(4)) is None
     assert embeddings_module.EmbeddingCache(cache.path, {"a": 2}).load(ids) is None
+
+
+def test_tool_assigns_other_masks_to_fitted_pseudo_classes(scenes, tool, tmp_path, capsys):
+    fitted = tmp_path / "classes.json"
+    argv = ["--pseudo-labels", str(scenes["pseudo"]), "--output", str(fitted), "--method"]
+    assert tool.main([*argv, "kmeans", "--num-clusters", "6", "--embedding", "stored"]) == 0
+    assigned = tmp_path / "assigned.json"
+    argv = ["--pseudo-labels", str(scenes["pseudo"]), "--output", str(assigned)]
+    argv += ["--assign-to", str(fitted), "--gt", str(scenes["gt"])]
+    assert tool.main(argv) == 0  # method, K and the embedding come from the fitted file
+    result, reference = json.loads(assigned.read_text()), json.loads(fitted.read_text())
+    assert [a["category_id"] for a in result["annotations"]] == [
+        a["category_id"] for a in reference["annotations"]
+    ]
+    info = result["info"]["pseudo_classes"]
+    assert info["assigned_to"] == str(fitted) and info["method"] == "kmeans"
+    assert info["num_clusters"] == 6 and info["dropped_annotations"] == []
+    assert (
+        json.loads(assigned.with_name("assigned.metrics.json").read_text())["all"]["accuracy"]
+        == 1.0
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tool.main([*argv, "--method", "spectral"])
+    assert "--method spectral differs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main([*argv[:-4], "--assign-to", str(scenes["pseudo"])])
+    assert "no info.pseudo_classes" in capsys.readouterr().err
+    coco = json.loads(scenes["pseudo"].read_text())
+    for annotation in coco["annotations"]:
+        annotation.pop("emb_row")
+        annotation["emb"] = [1.0, 2.0]
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps(coco))
+    assert tool.main(["--pseudo-labels", str(narrow), *argv[2:]]) == 1
+    assert "width" in capsys.readouterr().err

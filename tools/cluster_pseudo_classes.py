@@ -9,6 +9,8 @@ Examples (the embedded data; proposals from tools/generate_proposals.py):
         --gt datasets/synthetic/annotations/train.json
     python tools/cluster_pseudo_classes.py --pseudo-labels P.json --output P_classes.json \
         --method kmeans --num-clusters 6 --embedding stored
+    python tools/cluster_pseudo_classes.py --pseudo-labels P_val.json --output P_val_classes.json \
+        --assign-to P_classes.json --config-file configs/proposals/synthetic.yaml
 
 One embedding per mask (uis_d2/pseudo_classes/embeddings.py): the extractor's class token of
 the mask's box crop (default) or of the masked image, from PROPOSALS.EXTRACTOR of --config-file
@@ -21,6 +23,12 @@ embeddings to OUT.region_emb.npz (a rerun with the same input and embedding sett
 them), and with --gt the region-level accuracy after Hungarian matching, NMI and ARI
 (uis_d2/pseudo_classes/evaluation.py) to OUT.metrics.json; the ground truth never enters the
 clustering.
+
+--assign-to FITTED.json names the masks of other images (e.g. a validation split) with the
+pseudo-classes an earlier run fitted, without clustering again: the nearest centre (kmeans) or
+the majority of the nearest fitted masks (spectral; ``assign_to_clusters``). Method, K and the
+embedding settings come from FITTED.json; the embeddings must come from the same extractor. No
+mask is filtered. This is how the papers' "initial masks" rows are measured on val.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from uis_d2.pseudo_classes.clustering import (
     DEFAULT_RESTARTS,
     METHODS,
     N_NEIGHBORS,
+    assign_to_clusters,
     centre_distances,
     cluster,
     outlier_filter,
@@ -74,9 +83,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pseudo-labels", required=True, help="input pseudo-label json")
     parser.add_argument("--output", required=True, help="output json (may be the input)")
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--num-clusters", type=int, required=True, help="K pseudo-classes")
-    parser.add_argument("--embedding", default="box_crop", choices=EMBEDDINGS)
+    parser.add_argument("--method", choices=METHODS, help="required unless --assign-to")
+    parser.add_argument(
+        "--num-clusters", type=int, help="K pseudo-classes (required unless --assign-to)"
+    )
+    parser.add_argument(
+        "--embedding", choices=EMBEDDINGS, help="default box_crop, or --assign-to's embedding"
+    )
+    parser.add_argument(
+        "--assign-to",
+        help="a json this tool wrote: name the masks with its pseudo-classes instead of "
+        "clustering them",
+    )
     parser.add_argument(
         "--images",
         help="folder the json's file names are relative to (default: its info.image_root, "
@@ -97,9 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--restarts", type=int, help="k-means restarts (default 1 kmeans, 10 spectral)"
     )
-    parser.add_argument(
-        "--neighbors", type=int, default=N_NEIGHBORS, help="spectral: graph neighbours (30)"
-    )
+    parser.add_argument("--neighbors", type=int, help=f"spectral: graph neighbours ({N_NEIGHBORS})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--batch-size", type=int, help="regions per forward (default PROPOSALS.BATCH_SIZE)"
@@ -113,6 +129,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.assign_to is not None:
+        try:
+            adopt_fitted_settings(args)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+    elif args.method is None or args.num_clusters is None:
+        parser.error("--method and --num-clusters are required (or --assign-to a fitted json)")
+    if args.embedding is None:
+        args.embedding = "box_crop"
+    if args.neighbors is None:
+        args.neighbors = N_NEIGHBORS
     if args.crop_size is None:
         args.crop_size = DEFAULT_CROP_SIZE[args.method]
     if args.filter_share is None:
@@ -130,6 +157,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.opts and args.config_file is None:
         parser.error("KEY VALUE overrides need --config-file")
     return args
+
+
+FITTED_SETTINGS = ("method", "num_clusters", "embedding", "crop_size", "neighbors")
+
+
+def adopt_fitted_settings(args: argparse.Namespace) -> None:
+    """Fill the clustering settings (and a missing --config-file) from ``--assign-to``'s file;
+    a conflicting option is an error naming both values."""
+    fitted = read_json(args.assign_to, "--assign-to json").get("info", {}).get("pseudo_classes")
+    if not fitted:
+        raise ValueError(
+            f"--assign-to {args.assign_to}: it has no info.pseudo_classes (it was not written "
+            "by tools/cluster_pseudo_classes.py)"
+        )
+    for key in FITTED_SETTINGS:
+        given, value = getattr(args, key), fitted.get(key)
+        if value is None:
+            continue
+        if given is not None and given != value:
+            option = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{option} {given} differs from {args.assign_to}'s {key} = {value!r}, which "
+                "its pseudo-classes were fitted with"
+            )
+        setattr(args, key, value)
+    if args.config_file is None:  # the same extractor, unless the caller names another config
+        args.config_file = fitted.get("config_file")
+
+
+def fitted_embeddings(fitted_json: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Embeddings and cluster ids of the masks an earlier run kept, and its settings."""
+    fitted = read_json(fitted_json, "--assign-to json")
+    settings = fitted["info"]["pseudo_classes"]
+    annotations = fitted["annotations"]
+    if not annotations:
+        raise ValueError(f"--assign-to {fitted_json}: it has no masks to assign to")
+    labels = np.array([a["category_id"] - 1 for a in annotations])
+    if settings["embedding"] == "stored":
+        return stored_embeddings(fitted_json, annotations), labels, settings
+    store = cache_path(fitted_json)
+    if not store.is_file():
+        raise FileNotFoundError(
+            f"{store}: the embeddings of {fitted_json}'s masks are missing (rerun its clustering)"
+        )
+    with np.load(store) as cached:
+        rows = {key: row for row, key in enumerate(cached["annotation_ids"].tolist())}
+        missing = [a["id"] for a in annotations if a["id"] not in rows]
+        if missing:
+            raise ValueError(
+                f"{store} lacks the embeddings of masks {missing[:5]} of {fitted_json}"
+            )
+        embeddings = cached["embeddings"][[rows[a["id"]] for a in annotations]]
+    return embeddings, labels, settings
 
 
 def region_embeddings(
@@ -218,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     if not coco.get("annotations"):
         raise ValueError(f"{args.pseudo_labels} has no masks ('annotations') to cluster")
     count = len(coco["annotations"])
-    if args.num_clusters > count:
+    if args.assign_to is None and args.num_clusters > count:
         raise ValueError(
             f"--num-clusters {args.num_clusters} is larger than the number of masks, {count}, "
             f"in {args.pseudo_labels}"
@@ -226,6 +306,40 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     cfg = load_config(args.config_file, args.opts) if args.config_file else None
     device = torch.device("cuda" if cfg is not None and uses_cuda(cfg) else "cpu")
     embeddings, provenance = region_embeddings(args, coco, cfg, device)
+    if args.assign_to is None:
+        labels, distances, keep, settings = cluster_masks(args, embeddings, device)
+    else:
+        labels, distances, settings = assign_masks(args, embeddings, provenance)
+        keep = np.ones(count, dtype=bool)
+    settings = {
+        **provenance,
+        **settings,
+        "method": args.method,
+        "neighbors": args.neighbors if args.method == "spectral" else None,
+        "seed": args.seed,
+        "source": args.pseudo_labels,
+    }
+    labelled = with_pseudo_classes(coco, labels, distances, keep, args.num_clusters, settings)
+    write_pseudo_class_file(labelled, args.pseudo_labels, args.output)
+    summary = labelled["info"]["pseudo_classes"]
+    print(
+        f"wrote {args.output}: {int(keep.sum())} of {count} masks in {args.num_clusters} "
+        f"pseudo-classes (sizes after the filter {summary['kept_sizes']}), "
+        f"{len(summary['dropped_images'])} images dropped"
+    )
+    if args.gt is None:
+        return None
+    metrics = evaluate(args, coco, labels, keep)
+    atomic_write_json(metrics_path(args.output), metrics, indent=2)
+    print(format_metrics(metrics))
+    print(f"wrote {metrics_path(args.output)}")
+    return metrics
+
+
+def cluster_masks(
+    args: argparse.Namespace, embeddings: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Labels, centre distances and the filter's keep mask of a new clustering."""
     result = cluster(
         embeddings,
         args.method,
@@ -247,32 +361,28 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             ", ".join(f"cluster_{c}" for c in empty),
         )
     settings = {
-        **provenance,
-        "method": args.method,
         "restarts": args.restarts,
-        "neighbors": args.neighbors if args.method == "spectral" else None,
         "filter_share": args.filter_share,
-        "seed": args.seed,
         "empty_clusters": empty,
-        "source": args.pseudo_labels,
     }
-    labelled = with_pseudo_classes(
-        coco, result.labels, distances, keep, args.num_clusters, settings
+    return result.labels, distances, keep, settings
+
+
+def assign_masks(
+    args: argparse.Namespace, embeddings: np.ndarray, provenance: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Labels and centre distances under ``--assign-to``'s pseudo-classes."""
+    reference, reference_labels, fitted = fitted_embeddings(args.assign_to)
+    for key in ("embedding", "crop_size", "extractor", "amp"):
+        if key in provenance and fitted.get(key) != provenance[key]:
+            raise ValueError(
+                f"the masks' embedding {key} {provenance[key]!r} differs from "
+                f"{fitted.get(key)!r}, which {args.assign_to} was clustered with"
+            )
+    labels, distances = assign_to_clusters(
+        reference, reference_labels, embeddings, args.method, args.num_clusters, args.neighbors
     )
-    write_pseudo_class_file(labelled, args.pseudo_labels, args.output)
-    summary = labelled["info"]["pseudo_classes"]
-    print(
-        f"wrote {args.output}: {int(keep.sum())} of {count} masks in {args.num_clusters} "
-        f"pseudo-classes (sizes after the filter {summary['kept_sizes']}), "
-        f"{len(summary['dropped_images'])} images dropped"
-    )
-    if args.gt is None:
-        return None
-    metrics = evaluate(args, coco, result.labels, keep)
-    atomic_write_json(metrics_path(args.output), metrics, indent=2)
-    print(format_metrics(metrics))
-    print(f"wrote {metrics_path(args.output)}")
-    return metrics
+    return labels, distances, {"assigned_to": args.assign_to, "filter_share": 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,12 @@ resumes). Ground truth is read only by the evaluation steps: the pseudo-class ac
 clustering, and the Hungarian mIoU of every stage's maps (initial pseudo-labels, the instance
 model's confident maps, each DeepLab round) on ``EVAL.TRAIN_DATASET`` (the training images: the
 pseudo-labels exist there, so this is where the stages compare on the same images; enabled
-explicitly, the evaluator refuses training splits otherwise) and of each round on
-``EVAL.VAL_DATASET``. Writes OUT/semantic_metrics.json (a table of every stage) and
-OUT/semantic.html with the confusion matrices and ground truth | pseudo-labels | prediction maps.
+explicitly, the evaluator refuses training splits otherwise) and on ``EVAL.VAL_DATASET``, as
+MaskDistill's Table 1 measures every stage on VOC val: there the initial pseudo-labels are the
+proposal step on the held-out images with each mask named by the pseudo-classes fitted on the
+training masks, and the instance model's maps are its predictions on those images. Writes
+OUT/semantic_metrics.json (a table of every stage) and OUT/semantic.html with the confusion
+matrices and ground truth | pseudo-labels | prediction maps.
 """
 
 from __future__ import annotations
@@ -119,26 +122,31 @@ class SemanticPipeline:
         self.p, self.out, self.steps = p, out, steps
         self.stages: dict[str, dict] = {}
 
-    def evaluate_maps(self, stage: str, maps: Path) -> None:
-        """Hungarian mIoU of a folder of maps on the training images (an image without a map
-        counts as all background)."""
-        if not self.p.EVAL.TRAIN_DATASET:
+    def evaluate_maps(self, stage: str, maps: Path, split: str = "train") -> None:
+        """Hungarian mIoU of a folder of maps on the training (``split`` "train") or held-out
+        images (an image without a map counts as all background)."""
+        dataset = self.p.EVAL.TRAIN_DATASET if split == "train" else self.p.EVAL.VAL_DATASET
+        if not dataset:
             return
-        out = self.out / f"evaluation/{stage}"
+        out = self.out / ("evaluation/" + stage + ("" if split == "train" else f"_{split}"))
         command = [TOOLS / "evaluate_semantic.py", "--pred", maps]
-        command += ["--dataset", self.p.EVAL.TRAIN_DATASET, "--out", out]
-        command += ["--allow-train-split", "--missing", "background"]
+        command += ["--dataset", dataset, "--out", out, "--missing", "background"]
         command += ["--num-clusters", self.p.CLUSTERING.NUM_CLUSTERS]
-        self.steps.run(f"evaluate {stage}", command, out / "semantic_metrics.json")
-        self.stages.setdefault(stage, {})["train"] = out / "semantic_metrics.json"
+        command += ["--allow-train-split"] if split == "train" else []
+        self.steps.run(f"evaluate {stage} ({split})", command, out / "semantic_metrics.json")
+        self.stages.setdefault(stage, {})[split] = out / "semantic_metrics.json"
+
+    def proposal_step(self, dataset: str, proposals: Path, name: str) -> None:
+        p = self.p
+        command = [TOOLS / "generate_proposals.py", "--config-file", p.PROPOSALS.CONFIG]
+        command += ["--num-gpus", p.NUM_GPUS]
+        command += ["--dataset", dataset, "--output", proposals, *p.PROPOSALS.OPTS]
+        self.steps.run(name, command, proposals)
 
     def proposals_and_clusters(self) -> Path:
         p = self.p
         proposals = self.out / "proposals.json"
-        command = [TOOLS / "generate_proposals.py", "--config-file", p.PROPOSALS.CONFIG]
-        command += ["--num-gpus", p.NUM_GPUS]
-        command += ["--dataset", p.TRAIN_DATASET, "--output", proposals, *p.PROPOSALS.OPTS]
-        self.steps.run("proposals", command, proposals)
+        self.proposal_step(p.TRAIN_DATASET, proposals, "proposals")
         clustered = self.out / "clustered.json"
         command = [TOOLS / "cluster_pseudo_classes.py", "--pseudo-labels", proposals]
         command += ["--output", clustered, "--method", p.CLUSTERING.METHOD]
@@ -157,7 +165,28 @@ class SemanticPipeline:
         command = [TOOLS / "make_semantic_pseudo_labels.py", "--clustered", clustered]
         self.steps.run("initial maps", [*command, "--output", maps], maps / "labels_info.json")
         self.evaluate_maps("initial pseudo-labels", maps)
+        self.held_out_initial_maps(clustered)
         return maps
+
+    def held_out_initial_maps(self, clustered: Path) -> None:
+        """The papers' first row (MaskDistill Table 1: mined masks + k-means, on val): the
+        proposal step on the held-out images, each mask named by the pseudo-classes fitted on
+        the training masks (``--assign-to``), painted and evaluated there."""
+        p = self.p
+        if not p.EVAL.VAL_DATASET:
+            return
+        proposals = self.out / "proposals_val.json"
+        self.proposal_step(p.EVAL.VAL_DATASET, proposals, "proposals (val)")
+        assigned = self.out / "clustered_val.json"
+        command = [TOOLS / "cluster_pseudo_classes.py", "--pseudo-labels", proposals]
+        command += ["--output", assigned, "--assign-to", clustered]
+        command += ["--config-file", p.CLUSTERING.CONFIG or p.PROPOSALS.CONFIG]
+        self.steps.run("pseudo-classes (val)", [*command, *p.CLUSTERING.ARGS], assigned)
+        maps = self.out / "maps_initial_val"
+        command = [TOOLS / "make_semantic_pseudo_labels.py", "--clustered", assigned]
+        command += ["--output", maps]
+        self.steps.run("initial maps (val)", command, maps / "labels_info.json")
+        self.evaluate_maps("initial pseudo-labels", maps, "val")
 
     def instance_maps(self, clustered: Path) -> Path:
         """MaskDistill's class-aware instance model and its confident maps."""
@@ -171,18 +200,26 @@ class SemanticPipeline:
         command += [*p.INSTANCE.OPTS]
         final = train_dir / "round1/model_final.pth"
         self.steps.run("class-aware instance model", command, final)
-        predictions = train_dir / f"inference/{p.TRAIN_DATASET}/class_agnostic_predictions.json"
-        command = [TOOLS / "train_net.py", "--config-file", train_dir / "round1/config.yaml"]
+        maps = self.confident_maps(final, p.TRAIN_DATASET, self.out / "maps_confident", "train")
+        if p.EVAL.VAL_DATASET:  # MaskDistill Table 1's second row: its predictions on val
+            self.confident_maps(final, p.EVAL.VAL_DATASET, self.out / "maps_confident_val", "val")
+        return maps
+
+    def confident_maps(self, weights: Path, dataset: str, maps: Path, split: str) -> Path:
+        """The instance model's predictions on ``dataset`` painted into confident maps."""
+        p, train_dir = self.p, weights.parent.parent
+        predictions = train_dir / f"inference/{dataset}/class_agnostic_predictions.json"
+        command = [TOOLS / "train_net.py", "--config-file", weights.parent / "config.yaml"]
         command += ["--num-gpus", p.NUM_GPUS]
-        command += ["--eval-only", "MODEL.WEIGHTS", final, "OUTPUT_DIR", train_dir]
-        command += ["DATASETS.TEST", repr((p.TRAIN_DATASET,)), "DATASETS.TRAIN", "()"]
-        self.steps.run("instance predictions", command, predictions)
-        maps = self.out / "maps_confident"
+        command += ["--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", train_dir]
+        command += ["DATASETS.TEST", repr((dataset,)), "DATASETS.TRAIN", "()"]
+        suffix = "" if split == "train" else f" ({split})"
+        self.steps.run("instance predictions" + suffix, command, predictions)
         command = [TOOLS / "make_semantic_pseudo_labels.py", "--predictions", predictions]
-        command += ["--dataset", p.TRAIN_DATASET]  # category_id: the model's classes 0..K-1
+        command += ["--dataset", dataset]  # category_id: the model's classes 0..K-1
         command += ["--score-thresh", p.PAINTING.SCORE_THRESH, "--output", maps]
-        self.steps.run("confident maps", command, maps / "labels_info.json")
-        self.evaluate_maps("instance model (confident maps)", maps)
+        self.steps.run("confident maps" + suffix, command, maps / "labels_info.json")
+        self.evaluate_maps("instance model (confident maps)", maps, split)
         return maps
 
     def semantic_rounds(self, maps: Path) -> None:

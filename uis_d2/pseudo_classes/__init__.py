@@ -5,6 +5,7 @@ truth. The command line is tools/cluster_pseudo_classes.py."""
 from uis_d2.pseudo_classes.clustering import (
     METHODS,
     Clustering,
+    assign_to_clusters,
     centre_distances,
     cluster,
     outlier_filter,
@@ -17,6 +18,7 @@ __all__ = [
     "EMBEDDINGS",
     "METHODS",
     "Clustering",
+    "assign_to_clusters",
     "centre_distances",
     "cluster",
     "image_embeddings",

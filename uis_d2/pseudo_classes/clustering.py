@@ -228,3 +228,65 @@ def outlier_filter(distances: np.ndarray, labels: np.ndarray, share: float) -> n
         farthest = members[np.argsort(-distances[members], kind="stable")[:drop]]
         keep[farthest] = False
     return keep
+
+
+def assign_to_clusters(
+    reference: np.ndarray,
+    reference_labels: np.ndarray,
+    points: np.ndarray,
+    method: str,
+    num_clusters: int,
+    n_neighbors: int = N_NEIGHBORS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and centre distances of new ``points`` (M, D) under a clustering fitted earlier
+    on ``reference`` (N, D) with ``reference_labels``: how MaskDistill's and COMUS's evaluations
+    name the masks of images the clustering never saw (their papers' "initial masks" rows are
+    measured on val).
+
+    ``kmeans``: the nearest cluster centre (the mean of its members) in the clustered space,
+    whitened with the reference's standard deviations. ``spectral`` has no out-of-sample map, so
+    each point takes the majority label of its ``n_neighbors`` nearest reference points by
+    Euclidean distance on the raw embeddings, as the graph was built (a tie goes to the label
+    whose neighbours rank nearer). Distances are cosine distances to the label's centre: in the
+    whitened space for ``kmeans``, in the raw embedding space for ``spectral``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"clustering method {method!r}: must be one of {METHODS}")
+    if reference.shape[1:] != points.shape[1:]:
+        raise ValueError(
+            f"embeddings of width {points.shape[1:]} cannot join a clustering of width "
+            f"{reference.shape[1:]}: embed them with the same extractor and settings"
+        )
+    if len(reference) == 0 or len(reference) != len(reference_labels):
+        raise ValueError(
+            f"{len(reference)} reference embeddings for {len(reference_labels)} labels"
+        )
+    reference = reference.astype(np.float64)
+    points = points.astype(np.float64)
+    if method == "kmeans":
+        std = reference.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        reference, points = l2_normalise(reference / std), l2_normalise(points / std)
+    centres = np.zeros((num_clusters, reference.shape[1]))
+    np.add.at(centres, reference_labels, reference)
+    counts = np.bincount(reference_labels, minlength=num_clusters)
+    centres /= np.maximum(counts, 1)[:, None]
+    if method == "kmeans":
+        squared = (points**2).sum(1)[:, None] - 2 * points @ centres.T + (centres**2).sum(1)
+        squared[:, counts == 0] = np.inf  # an empty cluster has no centre to be near
+        labels = squared.argmin(axis=1)
+    else:
+        labels = _neighbour_vote(reference, reference_labels, points, num_clusters, n_neighbors)
+    distances = 1.0 - (l2_normalise(points) * l2_normalise(centres)[labels]).sum(axis=1)
+    return labels, distances
+
+
+def _neighbour_vote(
+    reference: np.ndarray, labels: np.ndarray, points: np.ndarray, k: int, n_neighbors: int
+) -> np.ndarray:
+    squared = (points**2).sum(1)[:, None] - 2 * points @ reference.T + (reference**2).sum(1)
+    nearest = np.argsort(squared, axis=1, kind="stable")[:, : min(n_neighbors, len(reference))]
+    votes = np.zeros((len(points), k))
+    rank_weight = np.linspace(1.0, 0.0, nearest.shape[1], endpoint=False) * 1e-6
+    np.add.at(votes, (np.arange(len(points))[:, None], labels[nearest]), 1.0 + rank_weight)
+    return votes.argmax(axis=1)
