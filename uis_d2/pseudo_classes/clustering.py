@@ -205,15 +205,18 @@ def cluster(
     return Clustering(labels, space.astype(np.float32), num_clusters)
 
 
+def cluster_centres(space: np.ndarray, labels: np.ndarray, num_clusters: int) -> np.ndarray:
+    """(K, d) float64 mean of each cluster's members; zero for an empty cluster."""
+    centres = np.zeros((num_clusters, space.shape[1]))
+    np.add.at(centres, labels, space.astype(np.float64))
+    return centres / np.maximum(np.bincount(labels, minlength=num_clusters), 1)[:, None]
+
+
 def centre_distances(space: np.ndarray, labels: np.ndarray, num_clusters: int) -> np.ndarray:
     """(N,) cosine distance of each point to its cluster's centre (the mean of its members);
     1 where the point or the centre is zero."""
-    space = space.astype(np.float64)
-    counts = np.bincount(labels, minlength=num_clusters)[:, None]
-    centres = np.zeros((num_clusters, space.shape[1]))
-    np.add.at(centres, labels, space)
-    centres = l2_normalise(centres / np.maximum(counts, 1))
-    return 1.0 - (l2_normalise(space) * centres[labels]).sum(axis=1)
+    centres = l2_normalise(cluster_centres(space, labels, num_clusters))
+    return 1.0 - (l2_normalise(space.astype(np.float64)) * centres[labels]).sum(axis=1)
 
 
 def outlier_filter(distances: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
@@ -267,13 +270,11 @@ def assign_to_clusters(
         std = reference.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         reference, points = l2_normalise(reference / std), l2_normalise(points / std)
-    centres = np.zeros((num_clusters, reference.shape[1]))
-    np.add.at(centres, reference_labels, reference)
-    counts = np.bincount(reference_labels, minlength=num_clusters)
-    centres /= np.maximum(counts, 1)[:, None]
+    centres = cluster_centres(reference, reference_labels, num_clusters)
     if method == "kmeans":
         squared = (points**2).sum(1)[:, None] - 2 * points @ centres.T + (centres**2).sum(1)
-        squared[:, counts == 0] = np.inf  # an empty cluster has no centre to be near
+        empty = np.bincount(reference_labels, minlength=num_clusters) == 0
+        squared[:, empty] = np.inf  # an empty cluster has no centre to be near
         labels = squared.argmin(axis=1)
     else:
         labels = _neighbour_vote(reference, reference_labels, points, num_clusters, n_neighbors)
