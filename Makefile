@@ -13,13 +13,13 @@ setup:
 
 test: setup
 	bash scripts/install_browser.sh
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 test-upstream:
 	@test -n "$(D2_SRC)" || { echo "make test-upstream needs D2_SRC=PATH (detectron2 sources)"; exit 2; }
 	VENV=$(UPSTREAM_VENV) D2_SRC="$(D2_SRC)" bash scripts/setup.sh
 	bash scripts/install_browser.sh
-	$(UPSTREAM_VENV)/bin/python -m pytest -q -n 2 tests
+	$(UPSTREAM_VENV)/bin/python -m pytest -q -n 2 --dist worksteal tests
 
 demo: setup
 	$(PY) tools/run_demo.py --output output/demo

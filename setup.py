@@ -43,7 +43,7 @@ setup(
         # scikit-learn: the reference implementations tests and benchmarks compare to.
         "test": [
             "pytest>=7",
-            "pytest-xdist",
+            "pytest-xdist>=3.2",  # --dist worksteal
             "hypothesis>=6",
             "ruff",
             "scikit-learn>=1.2",

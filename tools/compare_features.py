@@ -44,6 +44,7 @@ from uis_d2.evaluation.proposal_report import (
 )
 from uis_d2.proposals.runner import check_checkpoints, prepare_job
 from uis_d2.proposals.shards import ShardMismatchError, shard_dir_for
+from uis_d2.report.steps import run_script
 from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
 
 GENERATE = Path(__file__).resolve().parent / "generate_proposals.py"
@@ -130,10 +131,10 @@ def generate(
             print(f"{step}: {path} is finished, reused", flush=True)
             continue
         print(f"{step}: proposals with {config} -> {path}", flush=True)
-        command = [sys.executable, GENERATE, "--config-file", config, "--dataset", args.dataset]
+        command = [GENERATE, "--config-file", config, "--dataset", args.dataset]
         command += ["--output", path, "--num-gpus", args.num_gpus]
         command += ["--limit", args.limit] if args.limit else []
-        subprocess.run([*map(str, command), *args.opts], check=True)
+        run_script([*command, *args.opts], cwd=Path.cwd())
     return files
 
 
