@@ -14,7 +14,7 @@ import uis_d2  # noqa: F401
 from uis_d2.config import get_cfg
 from uis_d2.data.synthetic import render_scene
 from uis_d2.proposals import build_pseudo_mask_generator
-from uis_d2.proposals.eigensolvers import thresholded_ncut_operator
+from uis_d2.proposals.eigensolvers import thresholded_ncut_operator, without_patches
 from uis_d2.proposals.maskcut import (
     MaskCutParams,
     cut_from_vector,
@@ -145,7 +145,8 @@ def test_eigenvector_matches_the_dense_generalised_solver(solver):
     centres = rng.standard_normal((4, 16))
     points = centres[rng.integers(0, 4, 300)] + 0.8 * rng.standard_normal((300, 16))
     params = dataclasses.replace(PARAMS, solver=solver, tau=0.3)
-    ours = second_eigenvectors(torch.from_numpy(points)[None].float(), params)[0].double()
+    operator = thresholded_ncut_operator(torch.from_numpy(points)[None].float(), 0.3, PARAMS.eps)
+    ours = second_eigenvectors(operator, params)[0].double()
     reference = _dense_generalised(points, 0.3, PARAMS.eps)
     cosine = abs(float(ours.numpy() @ reference)) / (ours.norm().item() * np.linalg.norm(reference))
     assert cosine > 0.999
@@ -158,6 +159,34 @@ def test_thresholded_operator_degrees_are_the_affinity_row_sums():
     assert torch.allclose(operator.inv_sqrt, degree.rsqrt(), rtol=1e-5)
     values = operator.affinity.unique()
     assert len(values) == 2 and values[1] == 1.0 and values[0] == pytest.approx(1e-5)
+
+
+def test_painting_the_graph_in_place_equals_rebuilding_it_from_painted_features():
+    features = torch.randn(3, 60, 8, generator=torch.Generator().manual_seed(1))
+    removed = torch.rand(3, 60, generator=torch.Generator().manual_seed(2)) < 0.3
+    painted = without_patches(thresholded_ncut_operator(features, 0.15, 1e-5), removed, 1e-5)
+    rebuilt = thresholded_ncut_operator(features * ~removed[:, :, None], 0.15, 1e-5)
+    for field in dataclasses.fields(rebuilt):
+        assert torch.allclose(getattr(painted, field.name), getattr(rebuilt, field.name)), field
+
+
+def test_cuts_on_the_graph_painted_in_place_equal_cuts_on_rebuilt_graphs():
+    scenes = [render_scene(np.random.default_rng(seed))[0] for seed in range(4)]
+    images = [torch.from_numpy(rgb).permute(2, 0, 1).contiguous() for rgb in scenes]
+    generator = _generator(INPUT_SIZE=160)
+    features = torch.stack(generator.grid_masks(images)[0])
+    params = generator.params
+    in_place = maskcut_grid_masks(features, params)
+    rebuilt = maskcut_grid_masks(
+        features,
+        params,
+        solve=lambda x: second_eigenvectors(
+            thresholded_ncut_operator(x, params.tau, params.eps), params
+        ),
+    )
+    assert sum(len(masks) for masks in in_place) > len(images)  # later cuts were made
+    for ours, theirs in zip(in_place, rebuilt):
+        assert np.array_equal(ours, theirs)
 
 
 def _generator(**maskcut):

@@ -32,7 +32,6 @@ so it cannot import the generator back.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +49,11 @@ from uis_d2.foreground.base import (
     build_saliency_extractor,
 )
 from uis_d2.proposals.base import PSEUDO_MASK_GENERATOR_REGISTRY, ProposalGenerator, Proposals
-from uis_d2.proposals.eigensolvers import thresholded_ncut_operator
+from uis_d2.proposals.eigensolvers import (
+    NcutOperator,
+    thresholded_ncut_operator,
+    without_patches,
+)
 from uis_d2.proposals.spectral import operator_embedding
 from uis_d2.proposals.spectral_generator import group_indices
 
@@ -95,13 +98,11 @@ def _solver_for(solver: str, device: torch.device) -> str:
     return "krylov" if device.type == "cpu" else "subspace"
 
 
-def second_eigenvectors(features: torch.Tensor, params: MaskCutParams) -> torch.Tensor:
-    """(B, N, C) features -> (B, N) second-smallest generalised eigenvectors of their
-    thresholded graphs (all zeros where a graph has no non-trivial structure)."""
-    operator = thresholded_ncut_operator(features, params.tau, params.eps)
-    solver = _solver_for(params.solver, features.device)
-    embedding = operator_embedding(operator, 1, solver, params.seed, params.tol)
-    return embedding.vectors[:, :, 0]
+def second_eigenvectors(operator: NcutOperator, params: MaskCutParams) -> torch.Tensor:
+    """(B, N) second-smallest generalised eigenvectors of B thresholded graphs (all zeros where
+    a graph has no non-trivial structure)."""
+    solver = _solver_for(params.solver, operator.affinity.device)
+    return operator_embedding(operator, 1, solver, params.seed, params.tol).vectors[:, :, 0]
 
 
 def corner_indices(height: int, width: int) -> list[int]:
@@ -154,22 +155,25 @@ def maskcut_grid_masks(
 ) -> list[np.ndarray]:
     """MaskCut on B images of one grid: features (B, C, h, w) -> per image (n_i, h, w) bool
     masks in cut order (n_i <= num_masks), earlier masks' patches removed from later ones.
-    Images that are still cutting share each eigensolver call. ``solve``: (B, N, C) painted
-    features -> (B, N) eigenvectors (default ``second_eigenvectors``; the benchmark passes the
-    reference's dense solver)."""
-    if solve is None:
-        solve = functools.partial(second_eigenvectors, params=params)
+    Images that are still cutting share each eigensolver call; their graph is built once and
+    painted in place (``without_patches``). ``solve``: (B, N, C) painted features -> (B, N)
+    eigenvectors instead, for the benchmark's reference solver, which builds each cut's graph
+    from the painted features as CutLER does."""
     batch, channels, height, width = features.shape
     tokens = features.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
     cuts: list[list[np.ndarray]] = [[] for _ in range(batch)]
     painted = torch.zeros(batch, height * width, dtype=torch.bool, device=features.device)
     active = list(range(batch)) if height * width >= 2 else []
-    for _ in range(params.num_masks):
+    graph = thresholded_ncut_operator(tokens, params.tau, params.eps) if solve is None else None
+    for cut in range(params.num_masks):
         if not active:
             break
         index = torch.tensor(active, device=features.device)
-        visible = tokens[index] * ~painted[index, :, None]
-        vectors = solve(visible).cpu().numpy()
+        if solve is None:
+            graph = graph if cut == 0 else without_patches(graph, painted[index], params.eps)
+            vectors = second_eigenvectors(graph, params).cpu().numpy()
+        else:
+            vectors = solve(tokens[index] * ~painted[index, :, None]).cpu().numpy()
         still_active = []
         for row, image in enumerate(active):
             mask = cut_from_vector(vectors[row], (height, width), params.corner_limit)
@@ -178,8 +182,10 @@ def maskcut_grid_masks(
                 continue
             cuts[image].append(mask)
             painted[image] |= torch.from_numpy(mask.reshape(-1)).to(painted.device)
-            still_active.append(image)
-        active = still_active
+            still_active.append(row)
+        if graph is not None and len(still_active) < len(active):
+            graph = graph[torch.tensor(still_active, dtype=torch.long, device=features.device)]
+        active = [active[row] for row in still_active]
     out = []
     for image_cuts in cuts:
         taken = np.zeros((height, width), dtype=bool)
