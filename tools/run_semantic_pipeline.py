@@ -161,11 +161,20 @@ class SemanticPipeline:
         return clustered
 
     def initial_maps(self, clustered: Path) -> Path:
-        maps = self.out / "maps_initial"
-        command = [TOOLS / "make_semantic_pseudo_labels.py", "--clustered", clustered]
-        self.steps.run("initial maps", [*command, "--output", maps], maps / "labels_info.json")
-        self.evaluate_maps("initial pseudo-labels", maps)
+        maps = self.painted_clusters(clustered, "train")
         self.held_out_initial_maps(clustered)
+        return maps
+
+    def painted_clusters(self, clustered: Path, split: str) -> Path:
+        """The initial pseudo-labels (1 + pseudo-class on each clustered mask) of ``split``'s
+        images, evaluated there."""
+        suffix = "" if split == "train" else f"_{split}"
+        maps = self.out / f"maps_initial{suffix}"
+        command = [TOOLS / "make_semantic_pseudo_labels.py", "--clustered", clustered]
+        command += ["--output", maps]
+        title = "initial maps" + ("" if split == "train" else f" ({split})")
+        self.steps.run(title, command, maps / "labels_info.json")
+        self.evaluate_maps("initial pseudo-labels", maps, split)
         return maps
 
     def held_out_initial_maps(self, clustered: Path) -> None:
@@ -182,11 +191,7 @@ class SemanticPipeline:
         command += ["--output", assigned, "--assign-to", clustered]
         command += ["--config-file", p.CLUSTERING.CONFIG or p.PROPOSALS.CONFIG]
         self.steps.run("pseudo-classes (val)", [*command, *p.CLUSTERING.ARGS], assigned)
-        maps = self.out / "maps_initial_val"
-        command = [TOOLS / "make_semantic_pseudo_labels.py", "--clustered", assigned]
-        command += ["--output", maps]
-        self.steps.run("initial maps (val)", command, maps / "labels_info.json")
-        self.evaluate_maps("initial pseudo-labels", maps, "val")
+        self.painted_clusters(assigned, "val")
 
     def instance_maps(self, clustered: Path) -> Path:
         """MaskDistill's class-aware instance model and its confident maps."""
