@@ -88,17 +88,25 @@ def test_constant_vector_gives_no_mask():
     assert not cut_from_vector(np.zeros(16), (4, 4), 3).any()
 
 
-def test_later_cuts_are_rejected_when_they_repeat_or_are_tiny():
+def test_cuts_are_rejected_when_they_repeat_are_tiny_or_add_nothing():
     previous = np.zeros((10, 10), dtype=bool)
     previous[:5] = True  # 50 patches
-    assert rejected(previous.copy(), previous, PARAMS)  # IoU 1
+    first = np.zeros_like(previous)
+    first[8:, 8:] = True  # an earlier cut, not the previous one
+    taken = previous | first
+    assert rejected(previous.copy(), previous, taken, PARAMS)  # IoU 1
     overlap = np.zeros_like(previous)
     overlap[2:7] = True  # IoU 30 / 70
-    assert not rejected(overlap, previous, PARAMS)
+    assert not rejected(overlap, previous, taken, PARAMS)
     tiny = np.zeros_like(previous)
-    tiny[9, 9] = True  # 1 patch = 1% of 100: at the limit, rejected
-    assert rejected(tiny, previous, PARAMS)
-    assert rejected(np.zeros_like(previous), None, PARAMS)  # an empty first cut
+    tiny[7, 0] = True  # 1 patch = 1% of 100: at the limit, rejected
+    assert rejected(tiny, previous, taken, PARAMS)
+    # IoU 0 with the previous cut and 4 patches, but all of them taken by the first cut.
+    assert rejected(first.copy(), previous, taken, PARAMS)
+    assert not rejected(first | tiny, previous, taken, PARAMS)
+    empty = np.zeros_like(previous)
+    assert rejected(empty, None, empty, PARAMS)  # an empty first cut
+    assert not rejected(tiny, None, empty, PARAMS)  # a first cut has no minimum size
 
 
 def _objects_grid(seed: int = 0) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -187,6 +195,18 @@ def test_cuts_on_the_graph_painted_in_place_equal_cuts_on_rebuilt_graphs():
     assert sum(len(masks) for masks in in_place) > len(images)  # later cuts were made
     for ours, theirs in zip(in_place, rebuilt):
         assert np.array_equal(ours, theirs)
+
+
+def test_every_cut_adds_patches_not_cut_before():
+    """A cut whose seed is a painted patch can return painted patches only (their entries of
+    the eigenvector tie); it is rejected, so no image is left with an empty mask."""
+    scenes = [render_scene(np.random.default_rng(seed))[0] for seed in range(6)]
+    images = [torch.from_numpy(rgb).permute(2, 0, 1).contiguous() for rgb in scenes]
+    generator = _generator(INPUT_SIZE=240, NUM_MASKS=6)
+    grid_masks = generator.grid_masks(images)[1]
+    assert sum(len(masks) for masks in grid_masks) > 2 * len(images)  # later cuts were made
+    for masks in grid_masks:
+        assert masks.reshape(len(masks), -1).any(axis=1).all()
 
 
 def _generator(**maskcut):

@@ -17,7 +17,11 @@ Per image, on the keys of a self-supervised ViT at a square input (aspect not ke
    the previous one exceeds ``max_iou_with_previous``, or that covers at most
    ``min_patch_fraction`` of the patches, is rejected, and the image stops there: the next cut
    would see the same painted features and repeat it (the reference empties the mask and goes
-   on, which can then accept the repeat against the emptied mask; a deviation by design).
+   on, which can then accept the repeat against the emptied mask; a deviation by design). A
+   cut adding no patch to those already taken is rejected too: the painted patches' entries of
+   the eigenvector are equal (they differ by rounding only), so when the seed is one of them
+   which painted component the cut returns is a tie; the reference writes such a cut as an
+   empty mask, and since the painting did not change, no later cut adds a patch either.
 5. Each mask is upsampled (nearest) to the image's original size, without the pixels of earlier
    masks. Optional CRF refinement is the generic ``PROPOSALS.REFINE`` step, as for every
    generator.
@@ -140,10 +144,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def rejected(mask: np.ndarray, previous: np.ndarray | None, params: MaskCutParams) -> bool:
-    """A later cut is rejected when it repeats the previous one or is too small."""
+def rejected(
+    mask: np.ndarray, previous: np.ndarray | None, taken: np.ndarray, params: MaskCutParams
+) -> bool:
+    """A cut is rejected when it adds no patch to those ``taken`` by earlier cuts; a later
+    cut also when it repeats the previous one or is too small."""
+    if not (mask & ~taken).any():
+        return True
     if previous is None:
-        return not mask.any()
+        return False
     too_small = mask.sum() <= params.min_patch_fraction * mask.size
     return too_small or _iou(mask, previous) > params.max_iou_with_previous
 
@@ -178,7 +187,8 @@ def maskcut_grid_masks(
         for row, image in enumerate(active):
             mask = cut_from_vector(vectors[row], (height, width), params.corner_limit)
             previous = cuts[image][-1] if cuts[image] else None
-            if rejected(mask, previous, params):
+            taken = painted[image].reshape(height, width).cpu().numpy()
+            if rejected(mask, previous, taken, params):
                 continue
             cuts[image].append(mask)
             painted[image] |= torch.from_numpy(mask.reshape(-1)).to(painted.device)
