@@ -19,6 +19,7 @@ from uis_d2.proposals.eigensolvers import (
 from uis_d2.proposals.spectral import spectral_embedding
 
 TOL = 1e-3
+FACTORS = ("affinity", "inv_sqrt", "trivial", "unit_features")
 ITERATIVE = {"krylov": top_krylov, "subspace": top_subspace}
 
 
@@ -86,21 +87,24 @@ def test_krylov_survives_degenerate_graphs(counts):
     _assert_eigenpairs(operator, values, vectors)
 
 
+@pytest.mark.parametrize("copies", [False, True], ids=["referred", "copied"])
 def test_krylov_results_belong_to_their_own_images_when_they_finish_at_different_steps(
-    monkeypatch,
+    monkeypatch, copies
 ):
-    """Finished images leave the batch (by a range view, or a gather when they are few): every
-    image must still get its own eigenpairs, whatever the order in which they finish."""
+    """Finished images leave the batch: every image must still get its own eigenpairs,
+    whatever the order in which they finish. Referred (a CPU): the unfinished images' rows of
+    the shared W. Copied (as on a GPU): a range view, or a gather when they are few."""
     generator = torch.Generator().manual_seed(0)
     easy, constant = _blobs([60, 60, 60, 60, 60], noise=0.02), torch.ones(300, 16)
     slow, slower = torch.randn(2, 300, 16, generator=generator), torch.randn(300, 16) + 0.5
     # Step 1 finishes the easy images: the rest is a range view. Then the two in the middle
     # finish, and the two slowest ends, at most half of their range, are gathered.
     order = [constant, slow[0], easy, slower, slower, easy, slow[1]]
-    indexed = []
-    slicing = NcutOperator.__getitem__
+    selected = []
+    selecting = NcutOperator.__getitem__
+    monkeypatch.setattr(NcutOperator, "selection_copies", lambda self: copies)
     monkeypatch.setattr(
-        NcutOperator, "__getitem__", lambda self, i: indexed.append(type(i)) or slicing(self, i)
+        NcutOperator, "__getitem__", lambda self, i: selected.append(i) or selecting(self, i)
     )
     operator = ncut_operator(torch.stack(order))
     # The step at which an image converges follows float reductions, whose order depends on
@@ -113,7 +117,27 @@ def test_krylov_results_belong_to_their_own_images_when_they_finish_at_different
         torch.set_num_threads(threads)
     monkeypatch.undo()
     _assert_eigenpairs(operator, values, vectors)
-    assert slice in indexed and torch.Tensor in indexed
+    if copies:
+        assert {type(i) for i in selected} == {slice, torch.Tensor}
+    else:  # the unfinished images themselves, each time fewer
+        sizes = [len(i) for i in selected]
+        assert all(isinstance(i, torch.Tensor) for i in selected) and len(sizes) >= 3
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < len(order)
+
+
+def test_selected_images_refer_to_the_shared_affinity_on_a_cpu():
+    operator = ncut_operator(torch.stack([_noisy(50, seed=s) for s in range(4)]))
+    rows = torch.tensor([3, 1])
+    referred = operator[rows]
+    assert referred.affinity is operator.affinity and referred.images.tolist() == [3, 1]
+    again = referred[torch.tensor([1])]  # a selection of a selection
+    assert again.affinity is operator.affinity and again.images.tolist() == [1]
+    x = torch.randn(2, 50, 3, generator=torch.Generator().manual_seed(0))
+    copied = NcutOperator(*(getattr(operator, f)[rows] for f in FACTORS))
+    assert torch.allclose(referred @ x, copied @ x, atol=1e-6)
+    assert torch.allclose(referred.apply_rows(x.mT), copied.apply_rows(x.mT), atol=1e-6)
+    assert torch.equal(referred.dense(), copied.dense())
+    assert operator[1:3].images is None  # a range stays a view
 
 
 def test_landmark_start_gives_every_group_of_patches_a_landmark_first():

@@ -16,7 +16,7 @@ with mu descending, or None when an iterative one has not reached a residual
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,32 +37,63 @@ _GATHER_SHARE = 0.5
 class NcutOperator:
     """``A'`` of B images, kept as its factors: applying it to a few vectors costs one product
     with ``W``, and never forming ``A'`` saves four passes over the (B, N, N) matrix (the
-    dominant memory traffic of the iterative solvers)."""
+    dominant memory traffic of the iterative solvers).
 
-    affinity: torch.Tensor  # (B, N, N) W
+    Selecting images (``operator[rows]``, as the solvers do when some images have converged)
+    copies their W on a GPU, where the copy is cheap and one batched product per step is what
+    counts. On a CPU the copy costs 1.5-3.5 products (fresh pages, measured at 900 and 3,600
+    patches), so the selection keeps the whole W and the rows of its B images (``images``), and
+    products loop over them (as fast as one batched product there, measured).
+    """
+
+    affinity: torch.Tensor  # (B0, N, N) W; B0 = B unless ``images`` is set
     inv_sqrt: torch.Tensor  # (B, N) D^-1/2, 0 where the degree is 0
     trivial: torch.Tensor  # (B, N) u0
     unit_features: torch.Tensor  # (B, N, C) f, W's factor before the clamp
+    images: torch.Tensor | None = None  # (B,) the B images' rows of ``affinity`` (None: all)
+
+    def selection_copies(self) -> bool:
+        """Whether ``operator[rows]`` copies the images' W (on a GPU) or refers to them."""
+        return self.affinity.device.type != "cpu"
+
+    def image_rows(self) -> torch.Tensor:
+        """(B,) the rows of ``affinity`` holding the B images' W."""
+        if self.images is None:
+            return torch.arange(self.affinity.shape[0], device=self.affinity.device)
+        return self.images
+
+    def _times_affinity(self, x: torch.Tensor, rows: bool) -> torch.Tensor:
+        """``x W`` for rows x (B, w, N), else ``W x`` for columns x (B, N, w)."""
+        if self.images is None:
+            return x @ self.affinity if rows else self.affinity @ x
+        weights = [self.affinity[image] for image in self.images.tolist()]
+        return torch.stack([a @ w if rows else w @ a for a, w in zip(x, weights)])
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         """``A' x`` for columns x (B, N, w)."""
         scale = self.inv_sqrt[:, :, None]
-        product = scale * (self.affinity @ (scale * x))
+        product = scale * self._times_affinity(scale * x, rows=False)
         return product - self.trivial[:, :, None] * (self.trivial[:, None, :] @ x)
 
     def apply_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """``(A' x)^T`` for rows x (B, w, N), computed as ``x^T A'`` (A' is symmetric): a CPU
         BLAS runs (w, N) @ (N, N) about 2x faster than (N, N) @ (N, w) for w <= 8 (measured)."""
         scale = self.inv_sqrt[:, None, :]
-        product = scale * ((scale * rows) @ self.affinity)
+        product = scale * self._times_affinity(scale * rows, rows=True)
         trivial = self.trivial[:, None, :]
         return torch.baddbmm(product, rows @ trivial.transpose(1, 2), trivial, alpha=-1)
 
     def __getitem__(self, images: torch.Tensor | slice) -> NcutOperator:
-        return NcutOperator(*(getattr(self, f.name)[images] for f in fields(self)))
+        factors = [getattr(self, name)[images] for name in ("inv_sqrt", "trivial", "unit_features")]
+        if self.selection_copies():
+            return NcutOperator(self.affinity[images], *factors)
+        if self.images is None and isinstance(images, slice):
+            return NcutOperator(self.affinity[images], *factors)  # a view: no copy
+        return NcutOperator(self.affinity, *factors, images=self.image_rows()[images])
 
     def dense(self) -> torch.Tensor:
-        matrix = self.inv_sqrt[:, :, None] * self.affinity * self.inv_sqrt[:, None, :]
+        affinity = self.affinity if self.images is None else self.affinity[self.images]
+        matrix = self.inv_sqrt[:, :, None] * affinity * self.inv_sqrt[:, None, :]
         return matrix - self.trivial[:, :, None] * self.trivial[:, None, :]
 
 
@@ -97,12 +128,14 @@ def without_patches(operator: NcutOperator, removed: torch.Tensor, eps: float) -
     so W's rows and columns are overwritten in place instead of rebuilt from painted features
     (the cosine product and the threshold passes were a third of a cut's time, measured)."""
     affinity = operator.affinity
-    for image, patches in enumerate(removed):
+    rows = operator.image_rows().tolist()
+    for image, patches in zip(rows, removed):
         index = patches.nonzero().squeeze(1)
         affinity[image].index_fill_(0, index, eps).index_fill_(1, index, eps)
-    degree = affinity.sum(dim=-1)
+    degree = torch.stack([affinity[image].sum(dim=-1) for image in rows])
     features = operator.unit_features * ~removed[:, :, None]
-    return NcutOperator(affinity, degree.rsqrt(), F.normalize(degree.sqrt(), dim=-1), features)
+    trivial = F.normalize(degree.sqrt(), dim=-1)
+    return NcutOperator(affinity, degree.rsqrt(), trivial, features, operator.images)
 
 
 def top_eigh(operator: NcutOperator, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +161,7 @@ def top_subspace(
     iterating. The block is m + 27 wide: on a CPU a product with 32 columns costs about what one
     with 17 does, and converges in fewer steps (measured).
     """
-    batch, n, _ = operator.affinity.shape
+    batch, n = operator.inv_sqrt.shape
     width = min(n, m + _SUBSPACE_OVERSAMPLING)
     start = _feature_start(operator, width, generator)
     basis = torch.linalg.qr(start).Q
@@ -192,8 +225,8 @@ def _landmark_start(operator: NcutOperator, count: int, generator: torch.Generat
     drawn last.
     """
     affinity = operator.affinity
-    batch, n, _ = affinity.shape
-    images = torch.arange(batch, device=affinity.device)[:, None]
+    batch, n = operator.inv_sqrt.shape
+    images = operator.image_rows()[:, None]
     weight = torch.where(operator.inv_sqrt > 0, 1.0, 1e-30)
     rows = []
     per_round, extra = divmod(count, _LANDMARK_ROUNDS)
@@ -224,11 +257,10 @@ def top_krylov(
     costs no product and keeps the Rayleigh-Ritz problem small.
 
     An image's pairs are taken once all m residuals are below ``tol``. The batch then shrinks to
-    the range from its first to its last unfinished image (a view); it gathers the unfinished
-    images only when they are at most half of that range, as gathering copies their W (about
-    what a narrow product reads).
+    its unfinished images. On a GPU, where selecting them copies their W, it shrinks to the
+    range from the first to the last of them (a view) unless they are at most half of it.
     """
-    batch, n, _ = operator.affinity.shape
+    batch, n = operator.inv_sqrt.shape
     block = min(KRYLOV_BLOCK, n)
     count = max(m, block)  # the Ritz pairs whose residuals are formed each step
     width = min(max(KRYLOV_MAX_WIDTH, count + block), n)
@@ -264,7 +296,8 @@ def top_krylov(
             if len(live) == 0:
                 return values, vectors
             lo, hi = int(live[0]), int(live[-1]) + 1
-            rows = live if len(live) <= _GATHER_SHARE * (hi - lo) else slice(lo, hi)
+            gather = not operator.selection_copies() or len(live) <= _GATHER_SHARE * (hi - lo)
+            rows = live if gather else slice(lo, hi)
             pending, operator, both, small, finished = (
                 pending[rows],
                 operator[rows],
