@@ -171,38 +171,38 @@ def maskcut_grid_masks(
     batch, channels, height, width = features.shape
     tokens = features.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
     cuts: list[list[np.ndarray]] = [[] for _ in range(batch)]
-    painted = torch.zeros(batch, height * width, dtype=torch.bool, device=features.device)
+    taken = np.zeros((batch, height, width), dtype=bool)  # patches of each image's cuts so far
     active = list(range(batch)) if height * width >= 2 else []
     graph = thresholded_ncut_operator(tokens, params.tau, params.eps) if solve is None else None
     for cut in range(params.num_masks):
         if not active:
             break
-        index = torch.tensor(active, device=features.device)
+        painted = torch.from_numpy(taken[active].reshape(len(active), -1)).to(features.device)
         if solve is None:
-            graph = graph if cut == 0 else without_patches(graph, painted[index], params.eps)
+            graph = graph if cut == 0 else without_patches(graph, painted, params.eps)
             vectors = second_eigenvectors(graph, params).cpu().numpy()
         else:
-            vectors = solve(tokens[index] * ~painted[index, :, None]).cpu().numpy()
+            index = torch.tensor(active, device=features.device)
+            vectors = solve(tokens[index] * ~painted[:, :, None]).cpu().numpy()
         still_active = []
         for row, image in enumerate(active):
             mask = cut_from_vector(vectors[row], (height, width), params.corner_limit)
             previous = cuts[image][-1] if cuts[image] else None
-            taken = painted[image].reshape(height, width).cpu().numpy()
-            if rejected(mask, previous, taken, params):
+            if rejected(mask, previous, taken[image], params):
                 continue
             cuts[image].append(mask)
-            painted[image] |= torch.from_numpy(mask.reshape(-1)).to(painted.device)
+            taken[image] |= mask
             still_active.append(row)
         if graph is not None and len(still_active) < len(active):
             graph = graph[torch.tensor(still_active, dtype=torch.long, device=features.device)]
         active = [active[row] for row in still_active]
     out = []
     for image_cuts in cuts:
-        taken = np.zeros((height, width), dtype=bool)
+        earlier = np.zeros((height, width), dtype=bool)
         kept = []
         for mask in image_cuts:
-            kept.append(mask & ~taken)
-            taken |= mask
+            kept.append(mask & ~earlier)
+            earlier |= mask
         out.append(np.stack(kept) if kept else np.zeros((0, height, width), dtype=bool))
     return out
 
