@@ -124,9 +124,10 @@ def thresholded_ncut_operator(features: torch.Tensor, tau: float, eps: float) ->
 
 def without_patches(operator: NcutOperator, removed: torch.Tensor, eps: float) -> NcutOperator:
     """MaskCut's graph (``thresholded_ncut_operator``) after painting: the patches of ``removed``
-    (B, N) bool keep only eps edges, which is what their zeroed features give (cosine 0 <= tau),
-    so W's rows and columns are overwritten in place instead of rebuilt from painted features
-    (the cosine product and the threshold passes were a third of a cut's time, measured)."""
+    (B, N) bool, and those painted before (which stay so), keep only eps edges, which is what
+    their zeroed features give (cosine 0 <= tau), so W's rows and columns are overwritten in
+    place instead of rebuilt from painted features (the cosine product and the threshold passes
+    were a third of a cut's time, measured)."""
     affinity = operator.affinity
     rows = operator.image_rows().tolist()
     for image, patches in zip(rows, removed):

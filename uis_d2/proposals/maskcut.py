@@ -177,12 +177,16 @@ def maskcut_grid_masks(
     for cut in range(params.num_masks):
         if not active:
             break
-        painted = torch.from_numpy(taken[active].reshape(len(active), -1)).to(features.device)
         if solve is None:
-            graph = graph if cut == 0 else without_patches(graph, painted, params.eps)
+            if cut > 0:  # paint the last cut's patches: the earlier ones already are
+                newest = np.stack([cuts[image][-1] for image in active]).reshape(len(active), -1)
+                graph = without_patches(
+                    graph, torch.from_numpy(newest).to(features.device), params.eps
+                )
             vectors = second_eigenvectors(graph, params).cpu().numpy()
         else:
             index = torch.tensor(active, device=features.device)
+            painted = torch.from_numpy(taken[active].reshape(len(active), -1)).to(features.device)
             vectors = solve(tokens[index] * ~painted[:, :, None]).cpu().numpy()
         still_active = []
         for row, image in enumerate(active):
