@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import uis_d2  # noqa: F401
-from uis_d2.config import get_cfg
+from uis_d2.config import get_cfg, load_config
 from uis_d2.data.synthetic import render_scene
 from uis_d2.foreground import CombinedForeground, ForegroundProvider, build_foreground_provider
 from uis_d2.foreground.base import resize_map
@@ -161,3 +161,59 @@ def test_a_combination_reuses_the_instance_clustering_of_a_shared_extractor(monk
     default_calls = len(calls)
     _same(expected, combined(images))
     assert default_calls > 0 and len(calls) == 2 * default_calls
+
+
+def _count_forwards(monkeypatch, extractor) -> list[int]:
+    """Appends the batch size of every forward of ``extractor``."""
+    calls: list[int] = []
+    forward = extractor.forward
+    monkeypatch.setattr(extractor, "forward", lambda x: calls.append(len(x)) or forward(x))
+    return calls
+
+
+def test_a_combination_builds_and_runs_one_saliency_extractor_for_its_providers(monkeypatch):
+    """Two providers on a saliency extractor distinct from the instance one share one module
+    and one forward per batch (each ran its own before), with the maps they give apart."""
+    cfg = _synthetic_cfg()
+    cfg.PROPOSALS.SALIENCY.EXTRACTOR.PATCH_SIZE = 16
+    cfg.PROPOSALS.SALIENCY.PROVIDERS = ["SpectralBorder", "AttentionMass"]
+    generator = build_pseudo_mask_generator(cfg)
+    combined = generator.foreground
+    assert isinstance(combined, CombinedForeground)
+    assert combined.extractor is not generator.extractor
+    assert all(p.extractor is combined.extractor for p in combined.providers)
+    images = _scenes(3)
+    apart = [
+        build_foreground_provider(cfg, name)(images) for name in ("SpectralBorder", "AttentionMass")
+    ]
+    forwards = _count_forwards(monkeypatch, combined.extractor)
+    maps = combined(images)
+    assert sum(forwards) == 3  # each image through the extractor once, for both providers
+    for together, border, mass in zip(maps, *apart, strict=True):
+        assert torch.equal(together, border & resize_map(mass, tuple(border.shape)))
+    generator(images)
+    assert sum(forwards) == 6
+
+
+def test_a_combination_runs_no_forward_that_its_providers_do_not_read(monkeypatch):
+    """MaskCutUnion cutting its own square input ignores handed features: a combination of it
+    and a provider without features leaves the one forward to it."""
+    cfg = load_config(
+        "configs/proposals/synthetic_maskcut.yaml",
+        [
+            "PROPOSALS.MASKCUT.INPUT_SIZE",
+            "128",
+            "PROPOSALS.FOREGROUND.MASKCUT_UNION.SHARED_FEATURES",
+            "False",
+        ],
+    )
+    union = build_foreground_provider(cfg, "MaskCutUnion")
+    assert not union.reads_extractor_output()
+    everything = _Fixed(torch.ones((4, 4), dtype=torch.bool))
+    combined = CombinedForeground([everything, union], "intersection")
+    assert combined.extractor is union.extractor and not combined.reads_extractor_output()
+    forwards = _count_forwards(monkeypatch, union.extractor)
+    images = _scenes(2)
+    (first, second) = combined(images)
+    assert forwards == [2]  # MaskCut's own square input, once
+    assert first.shape == (4, 4)

@@ -50,8 +50,10 @@ from uis_d2.evaluation.foreground import (
     summarize,
 )
 from uis_d2.evaluation.foreground_grid import save_foreground_grid
+from uis_d2.features.base import FeatureExtractor, extract_features_and_tokens
 from uis_d2.foreground.base import (
     COMBINE_MODES,
+    FOREGROUND_REGISTRY,
     CombinedForeground,
     ForegroundProvider,
     build_foreground_provider,
@@ -186,11 +188,39 @@ def csv_bytes(results: dict[str, dict[str, float | int]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def provider_maps(
+    providers: dict[str, ForegroundProvider],
+    shared: FeatureExtractor | None,
+    images: list[torch.Tensor],
+    file_names: list[str],
+) -> dict[str, list[torch.Tensor]]:
+    """Every provider's maps of a batch; the shared saliency extractor runs once for all the
+    providers that read its output, not once each."""
+    features = tokens = None
+    if shared is not None and any(
+        p.extractor is shared and p.reads_extractor_output() for p in providers.values()
+    ):
+        features, tokens = extract_features_and_tokens(shared, images)
+    return {
+        name: provider(
+            images,
+            features if provider.extractor is shared else None,
+            tokens if provider.extractor is shared else None,
+            names=file_names,
+        )
+        for name, provider in providers.items()
+    }
+
+
 def evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
     """Run every provider over the images; returns the report (the json) and writes the grid."""
     pairs = load_records(args)
     device = torch.device("cuda") if uses_cuda(cfg) else torch.device("cpu")
-    shared = build_saliency_extractor(cfg)
+    needs_extractor = any(
+        name in FOREGROUND_REGISTRY and FOREGROUND_REGISTRY.get(name).needs_extractor
+        for name in args.providers
+    )  # unknown names fail clearly in build_foreground_provider
+    shared = build_saliency_extractor(cfg) if needs_extractor else None
     providers = {
         name: build_foreground_provider(cfg, name, extractor=shared).to(device)
         for name in args.providers
@@ -219,7 +249,7 @@ def evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
             continue
         images = [image.to(device) for image in images]
         file_names = [record.file_name for record, _, _ in kept]
-        maps = {name: provider(images, names=file_names) for name, provider in providers.items()}
+        maps = provider_maps(providers, shared, images, file_names)
         if args.combine:
             replays = [_Replay(maps[name]) for name in args.providers]
             maps[names[-1]] = CombinedForeground(replays, args.combine)(images)

@@ -12,18 +12,23 @@ Providers that read features use ``PROPOSALS.SALIENCY.EXTRACTOR``; their ``from_
 extractor=None)`` takes an already built extractor for it (``build_saliency_extractor``), so a
 generator whose instance features come from the same config shares the module, and may then
 hand the provider that extractor's output for the batch (``features``, and ``tokens`` when the
-extractor was asked for them) instead of a second forward.
+extractor was asked for them) instead of a second forward. A combination builds one saliency
+extractor for all its providers that read features and runs it once per batch for them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from fvcore.common.registry import Registry
 
-from uis_d2.features.base import FeatureExtractor, build_feature_extractor
+from uis_d2.features.base import (
+    FeatureExtractor,
+    build_feature_extractor,
+    extract_features_and_tokens,
+)
 
 FOREGROUND_REGISTRY = Registry("FOREGROUND")
 FOREGROUND_REGISTRY.__doc__ = "Per-image binary foreground maps, built from cfg.PROPOSALS."
@@ -36,6 +41,13 @@ class ForegroundProvider:
     (None for providers that read none, e.g. external maps)."""
 
     extractor: FeatureExtractor | None = None
+    # Whether from_config builds a PROPOSALS.SALIENCY.EXTRACTOR module (unless handed one).
+    needs_extractor: ClassVar[bool] = True
+
+    def reads_extractor_output(self) -> bool:
+        """Whether ``__call__`` uses the ``features``/``tokens`` it is handed; a combination
+        runs the shared extractor for its providers only when one of them does."""
+        return self.extractor is not None
 
     @torch.no_grad()
     def __call__(
@@ -86,7 +98,9 @@ def resize_map(foreground: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class CombinedForeground(ForegroundProvider):
-    """The intersection or union of several providers' maps, at the first one's resolution."""
+    """The intersection or union of several providers' maps, at the first one's resolution.
+    ``extractor``: the first provider's extractor that any has; providers sharing it get its
+    output, computed once per batch when the caller hands none."""
 
     def __init__(self, providers: list[ForegroundProvider], mode: str) -> None:
         if mode not in COMBINE_MODES:
@@ -95,12 +109,19 @@ class CombinedForeground(ForegroundProvider):
             )
         self.providers = providers
         self.mode = mode
-        self.extractor = providers[0].extractor
+        self.extractor = next((p.extractor for p in providers if p.extractor is not None), None)
+
+    def reads_extractor_output(self) -> bool:
+        return any(
+            p.extractor is self.extractor and p.reads_extractor_output() for p in self.providers
+        )
 
     @torch.no_grad()
     def __call__(
         self, images, features=None, tokens=None, names=None, clusters=None
     ) -> list[torch.Tensor]:
+        if features is None and self.reads_extractor_output():
+            features, tokens = extract_features_and_tokens(self.extractor, images)
         per_provider = []
         for provider in self.providers:
             shared = provider.extractor is self.extractor
@@ -136,18 +157,21 @@ def build_foreground_provider(
 ) -> ForegroundProvider:
     """The provider of ``PROPOSALS.SALIENCY.PROVIDERS`` (combined by ``SALIENCY.COMBINE`` when
     several are named), or the one registered as ``name``; ``extractor``: a built module for
-    ``PROPOSALS.SALIENCY.EXTRACTOR`` that providers reading features share."""
+    ``PROPOSALS.SALIENCY.EXTRACTOR`` that providers reading features share (when not given, a
+    combination builds one for all of them)."""
     names = [name] if name is not None else list(cfg.PROPOSALS.SALIENCY.PROVIDERS)
     if not names:
         raise ValueError("PROPOSALS.SALIENCY.PROVIDERS is empty: name at least one provider")
-    providers = []
     for provider_name in names:
         if provider_name not in FOREGROUND_REGISTRY:
             known = sorted(k for k, _ in FOREGROUND_REGISTRY)
             raise KeyError(
                 f"PROPOSALS.SALIENCY.PROVIDERS: {provider_name!r} is not registered; known: {known}"
             )
-        providers.append(FOREGROUND_REGISTRY.get(provider_name)(cfg, extractor=extractor))
+    classes = [FOREGROUND_REGISTRY.get(provider_name) for provider_name in names]
+    if extractor is None and sum(c.needs_extractor for c in classes) > 1:
+        extractor = build_saliency_extractor(cfg)
+    providers = [provider_class(cfg, extractor=extractor) for provider_class in classes]
     if len(providers) == 1:
         return providers[0]
     return CombinedForeground(providers, cfg.PROPOSALS.SALIENCY.COMBINE)

@@ -41,6 +41,8 @@ class ExternalMaps(ForegroundProvider):
     """One thresholded saliency PNG per image, at the image's pixel resolution (see the module
     docstring). Reads no features."""
 
+    needs_extractor = False
+
     @configurable
     def __init__(
         self, *, directory: str, suffix: str, thresh: float, min_pixels: int, policy: str

@@ -379,6 +379,10 @@ class MaskCutUnion(ForegroundProvider):
             maps.append(upsample_nearest(union[None], tuple(image.shape[1:]))[0])
         return maps
 
+    def reads_extractor_output(self) -> bool:
+        """Only the shared features: otherwise MaskCut's own square input is extracted."""
+        return self.shared_features
+
     def describe(self) -> dict[str, Any]:
         return {
             "provider": "MaskCutUnion",
