@@ -184,30 +184,3 @@ def test_the_tool_reads_a_gt_file_and_stops_at_a_missing_map_under_fail(
     assert code == 1
     assert "maps/000002.png: image file not found" in capsys.readouterr().err
     assert not (tmp_path / "fail").exists()
-
-
-def test_providers_sharing_the_saliency_extractor_get_one_forward(monkeypatch):
-    """The tool hands every provider on the shared extractor one forward's output: maps as each
-    provider computes them alone, and each image through the extractor once, not once each."""
-    import torch
-
-    from uis_d2.config import load_config
-    from uis_d2.data.synthetic import render_scene
-    from uis_d2.foreground import build_foreground_provider
-    from uis_d2.foreground.base import build_saliency_extractor
-
-    module = load_script("tools/evaluate_foreground.py")
-    cfg = load_config(REPO / "configs/proposals/synthetic.yaml")
-    shared = build_saliency_extractor(cfg)
-    names = ("SpectralBorder", "AttentionMass", "MaskDistillMiner")
-    providers = {name: build_foreground_provider(cfg, name, extractor=shared) for name in names}
-    rng = np.random.default_rng(3)
-    images = [torch.from_numpy(render_scene(rng)[0]).permute(2, 0, 1) for _ in range(2)]
-    alone = {name: provider(images) for name, provider in providers.items()}
-    forwards: list[int] = []
-    forward = shared.forward
-    monkeypatch.setattr(shared, "forward", lambda x: forwards.append(len(x)) or forward(x))
-    maps = module.provider_maps(providers, shared, images, ["a.png", "b.png"])
-    assert sum(forwards) == len(images)
-    for name in names:
-        assert all(torch.equal(a, b) for a, b in zip(maps[name], alone[name], strict=True))

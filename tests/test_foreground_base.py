@@ -11,7 +11,7 @@ import uis_d2  # noqa: F401
 from uis_d2.config import get_cfg, load_config
 from uis_d2.data.synthetic import render_scene
 from uis_d2.foreground import CombinedForeground, ForegroundProvider, build_foreground_provider
-from uis_d2.foreground.base import resize_map
+from uis_d2.foreground.base import build_saliency_extractor, resize_map, run_providers
 from uis_d2.proposals import build_pseudo_mask_generator
 from uis_d2.proposals.spectral_generator import SpectralBorder, SpectralProposalGenerator
 
@@ -217,3 +217,19 @@ def test_a_combination_runs_no_forward_that_its_providers_do_not_read(monkeypatc
     (first, second) = combined(images)
     assert forwards == [2]  # MaskCut's own square input, once
     assert first.shape == (4, 4)
+
+
+def test_providers_run_apart_share_one_forward_of_their_extractor(monkeypatch):
+    """run_providers (the foreground evaluation's batch step) puts each image through the shared
+    extractor once, not once per provider, and gives each provider's own maps."""
+    cfg = _synthetic_cfg()
+    shared = build_saliency_extractor(cfg)
+    names = ("SpectralBorder", "AttentionMass", "MaskDistillMiner")
+    providers = [build_foreground_provider(cfg, name, extractor=shared) for name in names]
+    images = _scenes(2)
+    alone = [provider(images) for provider in providers]
+    forwards = _count_forwards(monkeypatch, shared)
+    together = run_providers(providers, shared, images, names=["a.png", "b.png"])
+    assert sum(forwards) == len(images)
+    for maps, own in zip(together, alone, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(maps, own, strict=True))

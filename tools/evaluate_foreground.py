@@ -50,7 +50,6 @@ from uis_d2.evaluation.foreground import (
     summarize,
 )
 from uis_d2.evaluation.foreground_grid import save_foreground_grid
-from uis_d2.features.base import FeatureExtractor, extract_features_and_tokens
 from uis_d2.foreground.base import (
     COMBINE_MODES,
     FOREGROUND_REGISTRY,
@@ -59,6 +58,7 @@ from uis_d2.foreground.base import (
     build_foreground_provider,
     build_saliency_extractor,
     resize_map,
+    run_providers,
 )
 from uis_d2.proposals.runner import ImageRecord, image_record, uses_cuda
 from uis_d2.utils.files import atomic_write_bytes, atomic_write_json
@@ -188,30 +188,6 @@ def csv_bytes(results: dict[str, dict[str, float | int]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def provider_maps(
-    providers: dict[str, ForegroundProvider],
-    shared: FeatureExtractor | None,
-    images: list[torch.Tensor],
-    file_names: list[str],
-) -> dict[str, list[torch.Tensor]]:
-    """Every provider's maps of a batch; the shared saliency extractor runs once for all the
-    providers that read its output, not once each."""
-    features = tokens = None
-    if shared is not None and any(
-        p.extractor is shared and p.reads_extractor_output() for p in providers.values()
-    ):
-        features, tokens = extract_features_and_tokens(shared, images)
-    return {
-        name: provider(
-            images,
-            features if provider.extractor is shared else None,
-            tokens if provider.extractor is shared else None,
-            names=file_names,
-        )
-        for name, provider in providers.items()
-    }
-
-
 def evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
     """Run every provider over the images; returns the report (the json) and writes the grid."""
     pairs = load_records(args)
@@ -249,7 +225,8 @@ def evaluate(args: argparse.Namespace, cfg) -> dict[str, Any]:
             continue
         images = [image.to(device) for image in images]
         file_names = [record.file_name for record, _, _ in kept]
-        maps = provider_maps(providers, shared, images, file_names)
+        per_provider = run_providers(list(providers.values()), shared, images, names=file_names)
+        maps = dict(zip(providers, per_provider, strict=True))
         if args.combine:
             replays = [_Replay(maps[name]) for name in args.providers]
             maps[names[-1]] = CombinedForeground(replays, args.combine)(images)

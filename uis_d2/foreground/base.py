@@ -97,6 +97,41 @@ def resize_map(foreground: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0] >= 0.5
 
 
+def reads_output_of(
+    providers: list[ForegroundProvider], extractor: FeatureExtractor | None
+) -> bool:
+    """Whether any of ``providers`` sharing ``extractor`` reads its output."""
+    return any(p.extractor is extractor and p.reads_extractor_output() for p in providers)
+
+
+def run_providers(
+    providers: list[ForegroundProvider],
+    extractor: FeatureExtractor | None,
+    images: list[torch.Tensor],
+    features: list[torch.Tensor] | None = None,
+    tokens: list[dict[str, torch.Tensor]] | None = None,
+    names: list[str] | None = None,
+    clusters: list[dict[int, torch.Tensor]] | None = None,
+) -> list[list[torch.Tensor]]:
+    """Each provider's maps of a batch. The providers sharing ``extractor`` get its output (and
+    ``clusters``): as handed, else computed here once for all of them when one reads it."""
+    if features is None and reads_output_of(providers, extractor):
+        features, tokens = extract_features_and_tokens(extractor, images)
+    out = []
+    for provider in providers:
+        shared = provider.extractor is extractor
+        out.append(
+            provider(
+                images,
+                features if shared else None,
+                tokens if shared else None,
+                names,
+                clusters=clusters if shared else None,
+            )
+        )
+    return out
+
+
 class CombinedForeground(ForegroundProvider):
     """The intersection or union of several providers' maps, at the first one's resolution.
     ``extractor``: the first provider's extractor that any has; providers sharing it get its
@@ -112,28 +147,15 @@ class CombinedForeground(ForegroundProvider):
         self.extractor = next((p.extractor for p in providers if p.extractor is not None), None)
 
     def reads_extractor_output(self) -> bool:
-        return any(
-            p.extractor is self.extractor and p.reads_extractor_output() for p in self.providers
-        )
+        return reads_output_of(self.providers, self.extractor)
 
     @torch.no_grad()
     def __call__(
         self, images, features=None, tokens=None, names=None, clusters=None
     ) -> list[torch.Tensor]:
-        if features is None and self.reads_extractor_output():
-            features, tokens = extract_features_and_tokens(self.extractor, images)
-        per_provider = []
-        for provider in self.providers:
-            shared = provider.extractor is self.extractor
-            per_provider.append(
-                provider(
-                    images,
-                    features if shared else None,
-                    tokens if shared else None,
-                    names,
-                    clusters=clusters if shared else None,
-                )
-            )
+        per_provider = run_providers(
+            self.providers, self.extractor, images, features, tokens, names, clusters
+        )
         combined = []
         for maps in zip(*per_provider, strict=True):
             out = maps[0]
@@ -185,4 +207,5 @@ __all__ = [
     "build_foreground_provider",
     "resize_map",
     "build_saliency_extractor",
+    "run_providers",
 ]
